@@ -1,0 +1,167 @@
+"""Camera maths shared by the data pipeline, the model and the sampler.
+
+Conventions (``../shared/spec/postcam.md``, "Cameras"): poses are 4x4 matrices in OpenCV axes
+(x right, y down, z forward). The model reads the *target's world-to-camera* pose at 11 frames,
+with the world = the source camera at frame 0, as the top 3x4 flattened row-major ([..., 11, 12]).
+
+Everything here is plain array maths that works on numpy arrays and, where it says so, on jax
+arrays inside ``jit``/``grad`` (no Python control flow on values), so it is differentiable-safe.
+"""
+
+import numpy as np
+
+NUM_CAMERA_TOKENS = 11  # the release's camera input: 11 poses, one per latent frame
+MODEL_INPUT_FRAMES = 41  # the release resamples every stream to 41 frames
+
+
+def temporal_indices(num_frames: int, num_out: int) -> np.ndarray:
+  """The release's ``build_temporal_indices(S, N)``: which input frames feed N output frames.
+
+  S == N: identity. S > N: round-half-even of a float32 linspace(0, S-1, N). S < N: 0..S-1 then
+  the last frame repeated. The float32 linspace reproduces torch's CPU result, which differs from
+  exact rational rounding for a few S (e.g. 85): the value is computed as ``start + i * step`` in
+  float32, and for the upper half as ``end - (N-1-i) * step``, as torch's linspace kernel does.
+  """
+  s, n = int(num_frames), int(num_out)
+  if s <= 0 or n <= 0:
+    raise ValueError(f"temporal_indices needs positive sizes, got S={s}, N={n}")
+  if s == n:
+    return np.arange(n, dtype=np.int64)
+  if s < n:
+    return np.concatenate([np.arange(s), np.full(n - s, s - 1)]).astype(np.int64)
+  if n == 1:
+    return np.zeros(1, np.int64)
+  start, end = np.float32(0.0), np.float32(s - 1)
+  step = np.float32((end - start) / np.float32(n - 1))
+  i = np.arange(n)
+  halfway = n // 2
+  lo = start + i.astype(np.float32) * step
+  hi = end - (np.float32(n - 1) - i.astype(np.float32)) * step
+  vals = np.where(i < halfway, lo, hi).astype(np.float32)
+  return np.rint(vals).astype(np.int64)  # rint is round-half-even, as torch.round
+
+
+def invert_rigid(m):
+  """Inverse of rigid 4x4 transforms [..., 4, 4] (R^T, -R^T t); numpy or jax arrays."""
+  xp = _xp(m)
+  r = m[..., :3, :3]
+  t = m[..., :3, 3:]
+  rt = xp.swapaxes(r, -1, -2)
+  top = xp.concatenate([rt, -rt @ t], axis=-1)
+  bottom = xp.broadcast_to(xp.asarray([0.0, 0.0, 0.0, 1.0], dtype=m.dtype), top.shape[:-2] + (1, 4))
+  return xp.concatenate([top, bottom], axis=-2)
+
+
+def relative_target_w2c(source_c2w0, target_c2w):
+  """World-to-camera of each target pose with the world = the source camera at frame 0.
+
+  ``source_c2w0`` [..., 4, 4] is the source camera-to-world at frame 0 and ``target_c2w``
+  [..., T, 4, 4] the target camera-to-world poses; returns inv(C_t[k]) @ C_s[0], [..., T, 4, 4]
+  (dataset.md: "PostCam's release feeds the inverse, world-to-camera").
+  """
+  xp = _xp(target_c2w)
+  return invert_rigid(target_c2w) @ xp.asarray(source_c2w0)[..., None, :, :]
+
+
+def camera_tokens(w2c, indices=None):
+  """The model's camera input: top 3x4 of 4x4 poses, row-major -> [..., 11, 12].
+
+  ``w2c`` is [..., T, 4, 4] (or [..., T, 3, 4]); ``indices`` picks the 11 frames (default: the
+  release's ``temporal_indices(T, 11)``).
+  """
+  if indices is None:
+    indices = temporal_indices(w2c.shape[-3], NUM_CAMERA_TOKENS)
+  picked = w2c[..., np.asarray(indices), :3, :4]
+  return picked.reshape(picked.shape[:-2] + (12,))
+
+
+def as_camera_tokens(camera):
+  """Accept [B, 11, 12], [B, 11, 3, 4] or [B, 11, 4, 4] and return [B, 11, 12]."""
+  shape = tuple(camera.shape)
+  if len(shape) == 3 and shape[-1] == 12:
+    return camera
+  if len(shape) == 4 and shape[-2:] in ((3, 4), (4, 4)):
+    return camera[..., :3, :4].reshape(shape[:2] + (12,))
+  raise ValueError(
+      f"camera must be [B, 11, 12] (world-to-camera top 3x4, row-major), [B, 11, 3, 4] or "
+      f"[B, 11, 4, 4]; got shape {shape}")
+
+
+def _xp(a):
+  if isinstance(a, np.ndarray) or np.isscalar(a):
+    return np
+  import jax.numpy as jnp  # local: keep this module importable without initialising jax
+  return jnp
+
+
+# ----------------------------------------------------------------------------------------------
+# The MultiCamVideo ``camera_extrinsics.json`` schema (dataset.md).
+
+
+def parse_matrix_string(text: str) -> np.ndarray:
+  """"[a b c d] [e f g h] [i j k l] [m n o p]" -> float64 [4, 4] (rows as written)."""
+  rows = [r for r in text.strip().strip("[]").split("] [")]
+  m = np.array([[float(v) for v in r.replace("[", "").replace("]", "").split()] for r in rows],
+               dtype=np.float64)
+  if m.shape != (4, 4):
+    raise ValueError(f"expected a 4x4 matrix string, got {m.shape} from {text!r}")
+  return m
+
+
+def unreal_to_opencv_c2w(stored: np.ndarray) -> np.ndarray:
+  """A stored (row-vector, Unreal, centimetre) matrix -> OpenCV camera-to-world in metres.
+
+  Transpose, then new x = old Y, new y = -old Z, new z = old X, then cm -> m (dataset.md).
+  """
+  m = np.swapaxes(np.asarray(stored, np.float64), -1, -2).copy()
+  m = m[..., :, [1, 2, 0, 3]]
+  m[..., :3, 1] *= -1.0
+  m[..., :3, 3] /= 100.0
+  return m
+
+
+def opencv_c2w_to_unreal(c2w: np.ndarray) -> np.ndarray:
+  """Inverse of :func:`unreal_to_opencv_c2w` (what a dataset writer stores)."""
+  m = np.asarray(c2w, np.float64).copy()
+  m[..., :3, 3] *= 100.0
+  m[..., :3, 1] *= -1.0
+  out = np.empty_like(m)
+  out[..., :, [1, 2, 0, 3]] = m
+  return np.swapaxes(out, -1, -2)
+
+
+def format_matrix_string(stored: np.ndarray) -> str:
+  return " ".join("[" + " ".join(repr(float(v)) for v in row) + "]" for row in stored)
+
+
+def load_multicam_extrinsics(path: str) -> dict[str, np.ndarray]:
+  """``camera_extrinsics.json`` -> {camera name: [T, 4, 4] OpenCV camera-to-world, metres}."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  with open(path) as f:
+    data = json.load(f)
+  frames = sorted((k for k in data if k.startswith("frame")), key=lambda k: int(k[5:]))
+  if not frames:
+    raise ValueError(f"{path}: no 'frameN' keys; not a camera_extrinsics.json")
+  if [int(k[5:]) for k in frames] != list(range(len(frames))):
+    raise ValueError(f"{path}: frame keys are not frame0..frame{len(frames) - 1}")
+  cams = sorted(data[frames[0]])
+  out = {}
+  for cam in cams:
+    try:
+      stored = np.stack([parse_matrix_string(data[fr][cam]) for fr in frames])
+    except KeyError as e:
+      raise ValueError(f"{path}: camera {cam} is missing in {e}") from e
+    out[cam] = unreal_to_opencv_c2w(stored)
+  return out
+
+
+def w2c_relative_to_first(c2w: np.ndarray) -> np.ndarray:
+  """[T, 4, 4] camera-to-world -> world-to-camera with the world = this camera at frame 0.
+
+  The stored rotations are rounded (not exactly orthonormal), so general inverses are used, in the
+  release's order (relative camera-to-world, then inverted), to match it to float64 rounding.
+  """
+  c2w = np.asarray(c2w, np.float64)
+  rel_c2w = np.linalg.inv(c2w[..., :1, :, :]) @ c2w
+  return np.linalg.inv(rel_c2w)

@@ -1,0 +1,187 @@
+"""Model checkpoints on disk: an Orbax parameter tree plus the architecture in ``model.json``.
+
+Layout of a converted or exported model directory::
+
+  DIR/model.json   {"kind": "wan_dit" | "postcam" | "wan_vae" | "umt5", "config": {...}}
+  DIR/params/      Orbax (StandardCheckpointer) tree of the module's parameters
+
+Writes are atomic: everything goes to a sibling temporary directory that is renamed at the end, so
+a failed conversion leaves nothing behind. Restores are by abstract target: parameters are created
+directly with their shardings (``mesh``) and never gathered whole on one device.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+MODEL_JSON = "model.json"
+PARAMS_DIR = "params"
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+  """{'a/b/c': x} -> {'a': {'b': {'c': x}}}."""
+  tree: dict = {}
+  for key, value in flat.items():
+    node = tree
+    parts = key.split("/")
+    for p in parts[:-1]:
+      node = node.setdefault(p, {})
+    node[parts[-1]] = value
+  return tree
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    key = f"{prefix}/{k}" if prefix else str(k)
+    if isinstance(v, Mapping):
+      out.update(flatten(v, key))
+    else:
+      out[key] = v
+  return out
+
+
+def abstract_params(module_factory: Callable[[], nnx.Module]) -> dict[str, jax.ShapeDtypeStruct]:
+  """Flat key -> ShapeDtypeStruct of a module's parameters, with nothing allocated."""
+  abstract = nnx.eval_shape(module_factory)
+  state = nnx.state(abstract, nnx.Param)
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flatten(nnx.to_pure_dict(state)).items()}
+
+
+class AtomicDirectory:
+  """``with AtomicDirectory(out, overwrite) as tmp:`` write into ``tmp``; renamed to ``out`` on
+  success, removed on any exception."""
+
+  def __init__(self, output: str, overwrite: bool = False):
+    self.output = os.path.abspath(os.fspath(output))
+    self.overwrite = overwrite
+    self.tmp = None
+
+  def __enter__(self):
+    if os.path.exists(self.output) and not self.overwrite:
+      raise FileExistsError(f"{self.output} exists; pass --overwrite to replace it")
+    parent = os.path.dirname(self.output) or "."
+    os.makedirs(parent, exist_ok=True)
+    self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.output)}.partial-", dir=parent)
+    return self.tmp
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is not None:
+      shutil.rmtree(self.tmp, ignore_errors=True)
+      return False
+    if os.path.exists(self.output):
+      shutil.rmtree(self.output)
+    os.replace(self.tmp, self.output)
+    return False
+
+
+def save_model(output: str, *, kind: str, config: Mapping[str, Any],
+               params: Mapping[str, Any], overwrite: bool = False, extra: Mapping | None = None):
+  """Write ``params`` (flat 'a/b' keys or a nested dict of arrays) and the architecture."""
+  tree = params if any(isinstance(v, Mapping) for v in params.values()) else unflatten(params)
+  with AtomicDirectory(output, overwrite) as tmp:
+    with open(os.path.join(tmp, MODEL_JSON), "w") as f:
+      json.dump({"kind": kind, "config": dict(config), **(extra or {})}, f, indent=1)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(tmp, PARAMS_DIR), tree)
+    ckptr.wait_until_finished()
+    ckptr.close()
+  return output
+
+
+def read_model_json(directory: str) -> dict:
+  path = os.path.join(os.fspath(directory), MODEL_JSON)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{directory} is not a postcam-jax model directory (no {MODEL_JSON}); convert the "
+        f"PyTorch weights first with tools/convert_weights.py")
+  with open(path) as f:
+    return json.load(f)
+
+
+def restore_into(module: nnx.Module, directory: str, *, mesh=None) -> nnx.Module:
+  """Restore parameters from ``directory`` into an (abstract or concrete) ``module``.
+
+  The module's parameter metadata gives the shardings (logical axes resolved on ``mesh``), so
+  every array is read straight into its shards. Dtype is the module's ``param_dtype``.
+  """
+  from postcam_jax import sharding  # pylint: disable=import-outside-toplevel
+
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+  pure = nnx.to_pure_dict(params)
+  shardings = sharding.param_shardings(params, mesh) if mesh is not None else None
+  flat_pure = flatten(pure)
+  flat_shard = flatten(shardings) if shardings is not None else {}
+
+  def target(key, leaf):
+    sh = flat_shard.get(key)
+    if sh is None:
+      sh = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sh)
+
+  abstract = unflatten({k: target(k, v) for k, v in flat_pure.items()})
+  ckptr = ocp.StandardCheckpointer()
+  path = os.path.join(os.path.abspath(os.fspath(directory)), PARAMS_DIR)
+  stored = ckptr.metadata(path)
+  stored_tree = stored.item_metadata if hasattr(stored, "item_metadata") else stored
+  stored_keys = set(flatten(_as_dict(stored_tree)))
+  want_keys = set(flat_pure)
+  problems = [f"missing in checkpoint: {k}" for k in sorted(want_keys - stored_keys)]
+  problems += [f"unexpected in checkpoint: {k}" for k in sorted(stored_keys - want_keys)]
+  if problems:
+    raise ValueError(f"{directory} does not match the model:\n  " + "\n  ".join(problems))
+  # Orbax restores in the stored dtype unless told: ask for the module's dtype.
+  restored = ckptr.restore(path, abstract)
+  ckptr.close()
+  nnx.replace_by_pure_dict(params, restored)
+  return nnx.merge(graphdef, params, rest)
+
+
+def _as_dict(tree):
+  if isinstance(tree, Mapping):
+    return {k: _as_dict(v) for k, v in tree.items()}
+  return tree
+
+
+def cast_floating(tree, dtype):
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                      tree)
+
+
+def to_numpy_flat(module: nnx.Module) -> dict[str, np.ndarray]:
+  """Flat key -> host numpy array of a module's parameters (for export)."""
+  pure = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+  return {k: np.asarray(jax.device_get(v)) for k, v in flatten(pure).items()}
+
+
+def precision_for(dtype=None, precision: str | None = None) -> str:
+  """Policy name from a loader's ``dtype``/``precision`` arguments."""
+  if precision is not None:
+    return precision
+  if dtype is None or jnp.dtype(dtype) == jnp.float32:
+    return "float32"
+  if jnp.dtype(dtype) == jnp.bfloat16:
+    return "release"
+  raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+
+
+def load_dit(directory, dtype=jnp.float32, *, precision: str | None = None, mesh=None, **options):
+  """Load a converted Wan2.1 DiT as a ``WanModel`` (``options``: remat, attention)."""
+  from postcam_jax.models.wan import WanConfig, WanModel  # pylint: disable=import-outside-toplevel
+
+  meta = read_model_json(directory)
+  if meta.get("kind") != "wan_dit":
+    raise ValueError(f"{directory} holds a {meta.get('kind')!r} model, not a Wan DiT")
+  cfg = WanConfig.from_dict({**meta["config"], "precision": precision_for(dtype, precision),
+                             **options})
+  abstract = nnx.eval_shape(lambda: WanModel(cfg, rngs=nnx.Rngs(0)))
+  return restore_into(abstract, directory, mesh=mesh)

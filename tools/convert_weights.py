@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Convert checkpoints between the PyTorch layouts and postcam-jax.
+
+Subcommands:
+  dit             Wan2.1 DiT (original or diffusers keys) -> postcam-jax
+  postcam         the PostCam release's postcam.ckpt (or .safetensors / dir) -> postcam-jax
+  export-postcam  postcam-jax PostCam -> the release's flat state dict (.ckpt or .safetensors)
+  init-postcam    a converted Wan DiT -> a trainable PostCam (new modules initialised)
+  vae             Wan-VAE (Wan2.1_VAE.pth or diffusers AutoencoderKLWan) -> postcam-jax
+  t5              umT5-XXL encoder (original .pth or transformers UMT5EncoderModel) -> postcam-jax
+
+Every missing, unexpected or mis-shaped key is reported in one error, and a failed conversion
+leaves no output directory behind.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion is host work
+
+SUBCOMMANDS = {
+    "dit": ("postcam_jax.convert.wan", "Wan2.1 DiT -> postcam-jax"),
+    "postcam": ("postcam_jax.convert.postcam", "PostCam release checkpoint -> postcam-jax"),
+    "export-postcam": ("postcam_jax.convert.postcam_export",
+                       "postcam-jax PostCam -> the release's postcam.ckpt layout"),
+    "init-postcam": ("postcam_jax.convert.postcam_init",
+                     "converted Wan DiT -> trainable PostCam (projector zero)"),
+    "vae": ("postcam_jax.convert.vae", "Wan-VAE -> postcam-jax"),
+    "t5": ("postcam_jax.convert.t5", "umT5 encoder -> postcam-jax"),
+}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+  modules = {}
+  for name, (module_name, help_text) in SUBCOMMANDS.items():
+    try:
+      module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+      if e.name != module_name:
+        raise
+      continue
+    modules[name] = module
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    module.add_arguments(p)
+  args = parser.parse_args(argv)
+  from postcam_jax.convert.common import ConversionError  # pylint: disable=import-outside-toplevel
+  try:
+    return modules[args.command].run(args)
+  except (ConversionError, FileExistsError, FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())
