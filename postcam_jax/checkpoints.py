@@ -185,3 +185,24 @@ def load_dit(directory, dtype=jnp.float32, *, precision: str | None = None, mesh
                              **options})
   abstract = nnx.eval_shape(lambda: WanModel(cfg, rngs=nnx.Rngs(0)))
   return restore_into(abstract, directory, mesh=mesh)
+
+
+def load_postcam(directory, dtype=jnp.float32, *, precision: str | None = None, mesh=None,
+                 **options):
+  """Load a converted PostCam as a ``PostCamModel``.
+
+  ``dtype``: float32 (exact), bfloat16 (the release's all-bf16 sampling), or None (as stored);
+  ``precision`` overrides with a policy name (float32, mixed, release). ``options`` are config
+  values (remat, attention, render_rope, ...).
+  """
+  from postcam_jax.models.postcam import PostCamConfig, PostCamModel  # pylint: disable=import-outside-toplevel
+
+  meta = read_model_json(directory)
+  if meta.get("kind") != "postcam":
+    raise ValueError(f"{directory} holds a {meta.get('kind')!r} model, not PostCam")
+  if dtype is None and precision is None:
+    precision = "release" if meta.get("dtype") == "bfloat16" else "float32"
+  cfg = PostCamConfig.from_dict({**meta["config"], "precision": precision_for(dtype, precision),
+                                 **options})
+  abstract = nnx.eval_shape(lambda: PostCamModel(cfg, rngs=nnx.Rngs(0)))
+  return restore_into(abstract, directory, mesh=mesh)

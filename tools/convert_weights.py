@@ -21,15 +21,17 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion is host work
 
+# name -> (module, function prefix, help). The module provides <prefix>add_arguments(parser)
+# and <prefix>run(args).
 SUBCOMMANDS = {
-    "dit": ("postcam_jax.convert.wan", "Wan2.1 DiT -> postcam-jax"),
-    "postcam": ("postcam_jax.convert.postcam", "PostCam release checkpoint -> postcam-jax"),
-    "export-postcam": ("postcam_jax.convert.postcam_export",
+    "dit": ("postcam_jax.convert.wan", "", "Wan2.1 DiT -> postcam-jax"),
+    "postcam": ("postcam_jax.convert.postcam", "", "PostCam release checkpoint -> postcam-jax"),
+    "export-postcam": ("postcam_jax.convert.postcam", "export_",
                        "postcam-jax PostCam -> the release's postcam.ckpt layout"),
-    "init-postcam": ("postcam_jax.convert.postcam_init",
+    "init-postcam": ("postcam_jax.convert.postcam", "init_",
                      "converted Wan DiT -> trainable PostCam (projector zero)"),
-    "vae": ("postcam_jax.convert.vae", "Wan-VAE -> postcam-jax"),
-    "t5": ("postcam_jax.convert.t5", "umT5 encoder -> postcam-jax"),
+    "vae": ("postcam_jax.convert.vae", "", "Wan-VAE -> postcam-jax"),
+    "t5": ("postcam_jax.convert.t5", "", "umT5 encoder -> postcam-jax"),
 }
 
 
@@ -37,21 +39,16 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
-  modules = {}
-  for name, (module_name, help_text) in SUBCOMMANDS.items():
-    try:
-      module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-      if e.name != module_name:
-        raise
-      continue
-    modules[name] = module
+  runners = {}
+  for name, (module_name, prefix, help_text) in SUBCOMMANDS.items():
+    module = importlib.import_module(module_name)
+    runners[name] = getattr(module, f"{prefix}run")
     p = sub.add_parser(name, help=help_text, description=help_text)
-    module.add_arguments(p)
+    getattr(module, f"{prefix}add_arguments")(p)
   args = parser.parse_args(argv)
   from postcam_jax.convert.common import ConversionError  # pylint: disable=import-outside-toplevel
   try:
-    return modules[args.command].run(args)
+    return runners[args.command](args)
   except (ConversionError, FileExistsError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -102,6 +102,8 @@ class TorchSource(TensorSource):
 
   def __init__(self, path: str):
     super().__init__(path)
+    cfg = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    self._config_path = cfg if os.path.exists(cfg) else None
     try:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
@@ -126,6 +128,12 @@ class TorchSource(TensorSource):
 
   def keys(self):
     return [k for k, v in self._sd.items() if hasattr(v, "shape")]
+
+  def config(self):
+    if self._config_path:
+      with open(self._config_path) as f:
+        return json.load(f)
+    return None
 
   def shape(self, key):
     return tuple(self._sd[key].shape)
@@ -222,6 +230,11 @@ def identity(w):
   return w
 
 
+def conv_kernel(w):
+  """torch Conv{1,2,3}d [O, I, *k] -> Flax kernel [*k, I, O]."""
+  return np.ascontiguousarray(np.moveaxis(w, (0, 1), (-1, -2)))
+
+
 def flat_key(path: Iterable[Any]) -> str:
   return "/".join(str(p) for p in path)
 
@@ -290,4 +303,6 @@ def _torch_shape(rule: Rule, jax_shape):
   """Best-effort torch-side shape for error messages (inverse of the rule's transform)."""
   if rule.transform is linear and len(jax_shape) >= 2:
     return tuple(jax_shape[:-2]) + (jax_shape[-1], jax_shape[-2])
+  if rule.transform is conv_kernel and len(jax_shape) >= 2:
+    return (jax_shape[-1], jax_shape[-2]) + tuple(jax_shape[:-2])
   return tuple(jax_shape)
