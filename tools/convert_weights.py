@@ -41,7 +41,12 @@ def main(argv=None) -> int:
   sub = parser.add_subparsers(dest="command", required=True)
   runners = {}
   for name, (module_name, prefix, help_text) in SUBCOMMANDS.items():
-    module = importlib.import_module(module_name)
+    try:
+      module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:  # a model family not part of this installation
+      if e.name != module_name:
+        raise
+      continue
     runners[name] = getattr(module, f"{prefix}run")
     p = sub.add_parser(name, help=help_text, description=help_text)
     getattr(module, f"{prefix}add_arguments")(p)

@@ -216,6 +216,7 @@ class Rule:
   target: str
   transform: Callable[[np.ndarray], np.ndarray] = lambda a: a
   layer_group: int | None = None
+  source: str | None = None  # readable source-key template ("blocks.{i}.x") for error messages
 
   def match(self, key):
     return re.fullmatch(self.pattern, key)
@@ -271,6 +272,7 @@ def convert_tensors(source: TensorSource, rules: list[Rule], abstract: Mapping[s
     if tuple(arr_shape) != tuple(expect):
       problems.append(f"wrong shape for {key!r}: expected {tuple(_torch_shape(rule, expect))}, "
                       f"got {tuple(raw_shape)}")
+      filled.setdefault(target, set()).add(layer)  # present, so not also "missing"
       continue
     if layer is not None and not 0 <= layer < want.shape[0]:
       problems.append(f"unexpected key {key!r}: layer {layer} out of range (model has "
@@ -287,13 +289,16 @@ def convert_tensors(source: TensorSource, rules: list[Rule], abstract: Mapping[s
         out[target] = np.zeros(want.shape, want_dtype)
       out[target][layer] = arr
     filled.setdefault(target, set()).add(layer)
+  source_of = {r.target: r for r in rules}
   for target, want in abstract.items():
     got = filled.get(target, set())
-    if not got:
-      problems.append(f"missing key for {target!r} {tuple(want.shape)}")
-    elif None not in got and len(got) != want.shape[0]:
+    rule = source_of.get(target)
+    name = rule.source if rule is not None and rule.source else target
+    if rule is not None and rule.layer_group is not None:
       missing_layers = sorted(set(range(want.shape[0])) - got)
-      problems.append(f"missing key for {target!r}: layers {missing_layers}")
+      problems += [f"missing key {name.replace('{i}', str(i))!r}" for i in missing_layers]
+    elif not got:
+      problems.append(f"missing key {name!r} (for {target} {tuple(want.shape)})")
   if problems:
     raise ConversionError(problems, source.description)
   return out

@@ -84,7 +84,8 @@ def rules(table: list[Entry], fmt: str) -> list[Rule]:
       continue
     pattern = re.escape(name).replace(re.escape("{i}"), r"(\d+)")
     per_block = "{i}" in name
-    out.append(Rule(pattern, e.target, e.transform, layer_group=1 if per_block else None))
+    out.append(Rule(pattern, e.target, e.transform, layer_group=1 if per_block else None,
+                    source=name))
   return out
 
 

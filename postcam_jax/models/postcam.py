@@ -36,6 +36,8 @@ VARIANTS = {
 }
 CAMERA_INPUTS = ("rt", "plucker")
 RENDER_ROPES = ("release", "aligned")
+# stage -> which conditions the model reads (postcam.md, "Stages"): the tree is the same for all.
+STAGES = ("joint", "pose", "render_only")
 PLUCKER_DIM = 24  # 6-D ray (o x d, d) for each of the 4 frames a latent frame covers
 
 
@@ -45,18 +47,25 @@ class PostCamConfig(WanConfig):
   camera_input: str = "rt"          # rt: 11 world-to-camera 3x4 tokens; plucker: rays per token
   variant: str = "query_shared"
   render_rope: str = "release"      # release: the released (h/w crossed) mapping; aligned
+  stage: str = "joint"              # joint: pose + render; pose: render ignored; render_only
 
   def __post_init__(self):
     super().__post_init__()
     for name, value, allowed in (("variant", self.variant, VARIANTS),
                                  ("camera_input", self.camera_input, CAMERA_INPUTS),
-                                 ("render_rope", self.render_rope, RENDER_ROPES)):
+                                 ("render_rope", self.render_rope, RENDER_ROPES),
+                                 ("stage", self.stage, STAGES)):
       if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; choose one of {sorted(allowed)}")
 
   @property
+  def plucker(self) -> bool:
+    """Whether the camera input is Plucker rays per target token (else 11 RT tokens)."""
+    return self.camera_input == "plucker" or self.variant == "plucker_add"
+
+  @property
   def camera_width(self) -> int:
-    return 12 if self.camera_input == "rt" else PLUCKER_DIM
+    return PLUCKER_DIM if self.plucker else 12
 
   @classmethod
   def release_1_3b(cls, **kw):
@@ -235,7 +244,7 @@ class PostCamModel(WanModel):
 
   def check_camera(self, camera, batch, target_tokens):
     cfg = self.cfg
-    if cfg.camera_input == "rt":
+    if not cfg.plucker:
       camera = cameras.as_camera_tokens(camera)
       if camera.shape[0] != batch or camera.shape[1] != cameras.NUM_CAMERA_TOKENS:
         raise ValueError(
@@ -252,6 +261,10 @@ class PostCamModel(WanModel):
 
   def __call__(self, latents, timesteps, context, source_latents, camera, render_latents=None):
     cfg = self.cfg
+    if cfg.stage == "pose":  # stage 1 (paper eq. 6): the render stream is not computed
+      render_latents = None
+    elif cfg.stage == "render_only":
+      camera = None
     b = latents.shape[0]
     self.check_latents(latents)
     self.check_latents(source_latents, "source_latents")
@@ -287,7 +300,7 @@ class PostCamModel(WanModel):
       else:
         camera_tokens = self.cam_encoder(camera)
         ropes["camera"] = (Rope.from_angles(layers.rope_angles_1d(
-            np.arange(camera_tokens.shape[1]), cfg.head_dim)) if cfg.camera_input == "rt"
+            np.arange(camera_tokens.shape[1]), cfg.head_dim)) if not cfg.plucker
                            else ropes["target"])
     r = None
     if render_latents is not None:

@@ -1,0 +1,229 @@
+"""umT5 encoder conversion: original ``models_t5_umt5-xxl-enc-bf16.pth`` and transformers
+``UMT5EncoderModel`` keys -> postcam-jax, plus the loader :func:`load_text_encoder`.
+
+``python tools/convert_weights.py t5 --input PATH --output DIR [--format auto|wan|diffusers]
+[--dtype float32|bfloat16] [--tokenizer DIR_OR_MODEL] [--overwrite]``. The tokenizer (the
+``google/umt5-xxl`` folder of a Wan checkpoint or the ``tokenizer/`` folder of a diffusers repo,
+found beside the input when not given) is copied into ``DIR/tokenizer``. Facts:
+``../shared/spec/wan2.1.md`` 4.2.
+"""
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from postcam_jax.convert import common
+from postcam_jax.convert.common import ConversionError, Rule
+
+KIND = "umt5"
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """``{i}`` marks a per-layer (stacked) parameter. ``diffusers`` is the transformers name."""
+  wan: str
+  diffusers: tuple[str, ...]
+  target: str
+  transform: object = common.identity
+
+
+_HF_LAYER = "encoder.block.{i}.layer"
+T5_TABLE: list[Entry] = [
+    Entry("token_embedding.weight", ("shared.weight", "encoder.embed_tokens.weight"),
+          "token_embedding/embedding"),
+    Entry("blocks.{i}.norm1.weight", (f"{_HF_LAYER}.0.layer_norm.weight",), "blocks/norm1/weight"),
+    *[Entry(f"blocks.{{i}}.attn.{n}.weight", (f"{_HF_LAYER}.0.SelfAttention.{n}.weight",),
+            f"blocks/{n}/kernel", common.linear) for n in ("q", "k", "v", "o")],
+    Entry("blocks.{i}.pos_embedding.embedding.weight",
+          (f"{_HF_LAYER}.0.SelfAttention.relative_attention_bias.weight",),
+          "blocks/pos_embedding"),
+    Entry("blocks.{i}.norm2.weight", (f"{_HF_LAYER}.1.layer_norm.weight",), "blocks/norm2/weight"),
+    Entry("blocks.{i}.ffn.gate.0.weight", (f"{_HF_LAYER}.1.DenseReluDense.wi_0.weight",),
+          "blocks/gate/kernel", common.linear),
+    Entry("blocks.{i}.ffn.fc1.weight", (f"{_HF_LAYER}.1.DenseReluDense.wi_1.weight",),
+          "blocks/fc1/kernel", common.linear),
+    Entry("blocks.{i}.ffn.fc2.weight", (f"{_HF_LAYER}.1.DenseReluDense.wo.weight",),
+          "blocks/fc2/kernel", common.linear),
+    Entry("norm.weight", ("encoder.final_layer_norm.weight",), "norm/weight"),
+]
+
+
+def rules(fmt: str) -> list[Rule]:
+  out = []
+  for e in T5_TABLE:
+    for name in ((e.wan,) if fmt == "wan" else e.diffusers):
+      pattern = re.escape(name).replace(re.escape("{i}"), r"(\d+)")
+      out.append(Rule(pattern, e.target, e.transform,
+                      layer_group=1 if "{i}" in name else None))
+  return out
+
+
+def detect_format(keys) -> str:
+  keys = set(keys)
+  if "shared.weight" in keys or any(k.startswith("encoder.block.") for k in keys):
+    return "diffusers"
+  if "token_embedding.weight" in keys or any(k.startswith("blocks.") for k in keys):
+    return "wan"
+  raise ConversionError(["cannot tell the key layout (neither original Wan T5 keys like "
+                         "'blocks.0.attn.q.weight' nor transformers keys like "
+                         "'encoder.block.0.layer.0.SelfAttention.q.weight' found); pass --format"])
+
+
+def infer_config(source: common.TensorSource, fmt: str):
+  """The architecture from the tensor shapes; eps and max distance from a transformers
+  config.json when present (else umT5's 1e-6 and 128)."""
+  from postcam_jax.models.t5 import UMT5Config  # pylint: disable=import-outside-toplevel
+
+  keys = set(source.keys())
+  names = {e.target: ((e.wan,) if fmt == "wan" else e.diffusers) for e in T5_TABLE}
+
+  def shape(target):
+    for name in names[target]:
+      key = name.replace("{i}", "0")
+      if key in keys:
+        return source.shape(key)
+    raise ConversionError([f"missing key {names[target][0].replace('{i}', '0')!r}: cannot infer "
+                           "the architecture"], source.description)
+
+  vocab, dim = shape("token_embedding/embedding")
+  inner = shape("blocks/q/kernel")[0]
+  buckets, heads = shape("blocks/pos_embedding")
+  layer_re = re.compile(r"blocks\.(\d+)\." if fmt == "wan" else r"encoder\.block\.(\d+)\.")
+  num_layers = 1 + max((int(m.group(1)) for k in keys if (m := layer_re.match(k))), default=-1)
+  cfg_json = source.config() or {}
+  if inner % heads:
+    raise ConversionError([f"attention width {inner} is not a multiple of {heads} heads"],
+                          source.description)
+  return UMT5Config(vocab_size=vocab, dim=dim, num_heads=heads, head_dim=inner // heads,
+                    ffn_dim=shape("blocks/gate/kernel")[0], num_layers=num_layers,
+                    num_buckets=buckets,
+                    max_distance=cfg_json.get("relative_attention_max_distance", 128),
+                    eps=cfg_json.get("layer_norm_epsilon", 1e-6))
+
+
+def find_tokenizer(input_path) -> str | None:
+  """The tokenizer folder beside a Wan (``google/umt5-xxl``) or diffusers (``../tokenizer``)
+  checkpoint, if there is one."""
+  base = input_path if os.path.isdir(input_path) else os.path.dirname(input_path)
+  for cand in (os.path.join(base, "google", "umt5-xxl"), os.path.join(base, "tokenizer"),
+               os.path.join(os.path.dirname(os.path.abspath(base)), "tokenizer")):
+    if os.path.isdir(cand):
+      return cand
+  return None
+
+
+def convert_t5(input_path, output, fmt="auto", dtype="float32", overwrite=False,
+               tokenizer=None):
+  """Convert a umT5 encoder checkpoint into ``output`` (with the tokenizer copied to
+  ``output/tokenizer`` when given or found); returns its UMT5Config. Writes nothing on failure."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from postcam_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from postcam_jax.models.t5 import UMT5Encoder  # pylint: disable=import-outside-toplevel
+
+  if tokenizer is not None and not os.path.exists(tokenizer):
+    raise FileNotFoundError(f"tokenizer {tokenizer} does not exist")
+  source = common.open_source(input_path)
+  try:
+    fmt = detect_format(source.keys()) if fmt == "auto" else fmt
+    cfg = infer_config(source, fmt)
+    abstract = checkpoints.abstract_params(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
+    params = common.convert_tensors(source, rules(fmt), abstract,
+                                    dtype=np.dtype(_np_dtype(dtype)))
+  finally:
+    source.close()
+  tokenizer = tokenizer or find_tokenizer(input_path)
+  # The tokenizer is staged beside the output first and renamed into it last, so a failure at
+  # any point leaves no output behind.
+  parent = os.path.dirname(os.path.abspath(output))
+  os.makedirs(parent, exist_ok=True)
+  stage = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tokenizer-", dir=parent)
+  try:
+    if tokenizer is not None:
+      _copy_tokenizer(tokenizer, os.path.join(stage, TOKENIZER_DIR))
+    checkpoints.save_model(output, kind=KIND, config=cfg.to_dict(), params=params,
+                           overwrite=overwrite,
+                           extra={"source": str(input_path), "format": fmt, "dtype": dtype})
+    if tokenizer is not None:
+      os.replace(os.path.join(stage, TOKENIZER_DIR), os.path.join(output, TOKENIZER_DIR))
+  finally:
+    shutil.rmtree(stage, ignore_errors=True)
+  return cfg
+
+
+def _copy_tokenizer(src, dst):
+  """Copy a tokenizer folder (or a sentencepiece .model as spiece.model); check it loads."""
+  from postcam_jax import text  # pylint: disable=import-outside-toplevel
+
+  if os.path.isdir(src):
+    shutil.copytree(src, dst)
+  else:
+    os.makedirs(dst)
+    shutil.copy(src, os.path.join(dst, "spiece.model"))
+  text.Tokenizer(dst)
+
+
+def load_text_encoder(directory, dtype=None, mesh=None, tokenizer=None):
+  """A converted umT5 (``convert_t5`` output) as a ``postcam_jax.text.TextEncoder``.
+
+  ``dtype``: params and compute (default: the converted dtype; Wan runs bfloat16). ``tokenizer``:
+  a tokenizer folder or sentencepiece file (default ``DIR/tokenizer`` when present). ``mesh``:
+  parameters are restored straight into their shards (logical axes in ``postcam_jax.sharding``).
+  """
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from postcam_jax import checkpoints, text  # pylint: disable=import-outside-toplevel
+  from postcam_jax.models.t5 import UMT5Config, UMT5Encoder  # pylint: disable=import-outside-toplevel
+
+  meta = checkpoints.read_model_json(directory)
+  if meta.get("kind") != KIND:
+    raise ValueError(f"{directory} holds a {meta.get('kind')!r} model, expected {KIND!r}")
+  cfg = UMT5Config.from_dict(meta["config"])
+  dtype = jnp.dtype(meta.get("dtype", "float32") if dtype is None else dtype)
+  abstract = nnx.eval_shape(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0), dtype=dtype,
+                                                param_dtype=dtype))
+  model = checkpoints.restore_into(abstract, directory, mesh=mesh)
+  bundled = os.path.join(directory, TOKENIZER_DIR)
+  tokenizer = tokenizer or (bundled if os.path.isdir(bundled) else None)
+  tok = text.Tokenizer(tokenizer, text_len=cfg.text_len) if tokenizer else None
+  return text.TextEncoder(model, tok)
+
+
+def _np_dtype(name):
+  if name == "bfloat16":
+    import ml_dtypes  # pylint: disable=import-outside-toplevel
+    return ml_dtypes.bfloat16
+  if name == "float32":
+    return np.float32
+  raise ValueError(f"unknown dtype {name!r}; choose float32 or bfloat16")
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+  parser.add_argument("--input", required=True,
+                      help="models_t5_umt5-xxl-enc-bf16.pth, or a transformers/diffusers "
+                           "text_encoder/ directory (safetensors + config.json)")
+  parser.add_argument("--output", required=True, help="output directory (must not exist)")
+  parser.add_argument("--format", default="auto", choices=("auto", "wan", "diffusers"),
+                      help="key layout: wan (original) or diffusers (= transformers "
+                           "UMT5EncoderModel); default: detect from the keys")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="parameter dtype of the output")
+  parser.add_argument("--tokenizer", default=None,
+                      help="tokenizer folder or sentencepiece .model to bundle (default: "
+                           "google/umt5-xxl or tokenizer/ beside the input, if present)")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def run(args) -> int:
+  t0 = time.time()
+  cfg = convert_t5(args.input, args.output, args.format, args.dtype, args.overwrite,
+                   getattr(args, "tokenizer", None))
+  print(f"converted umT5 encoder (dim {cfg.dim}, {cfg.num_layers} layers, {cfg.num_heads} heads) "
+        f"-> {args.output} in {time.time() - t0:.1f}s")
+  return 0
