@@ -165,3 +165,63 @@ def w2c_relative_to_first(c2w: np.ndarray) -> np.ndarray:
   c2w = np.asarray(c2w, np.float64)
   rel_c2w = np.linalg.inv(c2w[..., :1, :, :]) @ c2w
   return np.linalg.inv(rel_c2w)
+
+
+# ----------------------------------------------------------------------------------------------
+# The release's bf16 camera input and Plucker rays.
+
+
+def release_bf16(poses: np.ndarray) -> np.ndarray:
+  """float64 poses -> bfloat16 the way torch's ``.to(torch.bfloat16)`` does: via float32
+  (double rounding), round-to-nearest-even at each step. Returns an ml_dtypes bfloat16 array."""
+  import ml_dtypes  # pylint: disable=import-outside-toplevel  (a jax dependency)
+
+  return np.asarray(poses, np.float64).astype(np.float32).astype(ml_dtypes.bfloat16)
+
+
+def pixel_grid(height: int, width: int, stride: float = 1.0, offset: float = 0.0):
+  """Pixel coordinates (u [H, W], v [H, W]) = offset + stride * (column, row), float32.
+
+  The release's convention is integer coordinates at pixel centres (offset 0, stride 1). For a
+  latent token covering a 16x16 pixel patch (VAE 8 x patch 2) its centre is stride 16, offset 7.5.
+  """
+  u = offset + stride * np.arange(width, dtype=np.float32)
+  v = offset + stride * np.arange(height, dtype=np.float32)
+  return (np.broadcast_to(u[None, :], (height, width)).astype(np.float32),
+          np.broadcast_to(v[:, None], (height, width)).astype(np.float32))
+
+
+def plucker_rays(w2c, intrinsics, height: int, width: int, stride: float = 1.0,
+                 offset: float = 0.0):
+  """Per-pixel Plucker rays (o x d, d) of the cameras ``w2c`` [..., T, 4, 4] -> [..., T, H, W, 6].
+
+  ``intrinsics`` is [..., T, 3, 3] or [3, 3] (pixel units); pixel (u, v) is ``pixel_grid``'s.
+  d = R^T K^-1 [u, v, 1] normalised is the ray direction and o = -R^T t the camera centre, both
+  in the world frame (the source camera at frame 0). Works on numpy arrays, and on jax arrays
+  inside ``jit``/``grad`` (no value-dependent Python control flow; K^-1 in closed form).
+  """
+  xp = _xp(w2c)
+  dtype = w2c.dtype
+  k = xp.broadcast_to(xp.asarray(intrinsics, dtype), w2c.shape[:-2] + (3, 3))
+  fx, fy, skew = k[..., 0, 0], k[..., 1, 1], k[..., 0, 1]
+  cx, cy = k[..., 0, 2], k[..., 1, 2]
+  u_np, v_np = pixel_grid(height, width, stride, offset)
+  u = xp.asarray(u_np, dtype)
+  v = xp.asarray(v_np, dtype)
+  expand = lambda a: a[..., None, None]  # per camera -> broadcast over [H, W]
+  # K^-1 [u, v, 1] for K = [[fx, s, cx], [0, fy, cy], [0, 0, 1]].
+  y_cam = (v - expand(cy)) / expand(fy)
+  x_cam = (u - expand(cx) - expand(skew) * y_cam) / expand(fx)
+  rot = w2c[..., :3, :3]
+  trans = w2c[..., :3, 3]
+  rot_t = xp.swapaxes(rot, -1, -2)  # camera-to-world rotation
+  # Elementwise 3x3 products: no matmul, so no reduced-precision (TF32) path on any backend.
+  centre = -xp.stack([sum(rot_t[..., i, j] * trans[..., j] for j in range(3)) for i in range(3)],
+                     axis=-1)
+  # d_world[i] = sum_j R^T[i, j] d_cam[j], with d_cam = (x_cam, y_cam, 1).
+  d_world = xp.stack([expand(rot_t[..., i, 0]) * x_cam + expand(rot_t[..., i, 1]) * y_cam
+                      + expand(rot_t[..., i, 2]) for i in range(3)], axis=-1)
+  d_world = d_world / xp.sqrt(xp.sum(d_world * d_world, axis=-1, keepdims=True))
+  o = xp.broadcast_to(centre[..., None, None, :], d_world.shape)
+  moment = xp.cross(o, d_world)
+  return xp.concatenate([moment, d_world], axis=-1)
