@@ -388,3 +388,12 @@ def init_model(cls, cfg, seed: int = 0, mesh=None):
 
 def count_params(module) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(module, nnx.Param))))
+
+
+def config_from_dict(model_config, cls=WanConfig):
+  """``{'preset': 't2v_1_3b', **overrides}`` (e.g. a ConfigDict's ``model``) -> typed config."""
+  fields = dict(model_config)
+  preset = fields.pop("preset")
+  if not hasattr(cls, preset):
+    raise ValueError(f"unknown preset {preset!r} for {cls.__name__}")
+  return getattr(cls, preset)(**fields)

@@ -1,0 +1,226 @@
+"""The Grain input pipeline over prepared ArrayRecord pairs (``arrayrecord.py``).
+
+``make_dataset(config, process_index, process_count)`` returns a ``grain.IterDataset`` of
+per-process batches: ``MapDataset`` over the TFDS data source -> this process's slice
+(``[process_index::process_count]``) -> deterministic shuffle (reshuffled each epoch) -> repeat ->
+named maps ``DecodeRecord``, ``ResampleFrames``, ``ResizeCrop``, ``NormaliseVideo``,
+``RelativeCamera`` -> ``batch(drop_remainder=True)`` -> ``to_iter_dataset`` -> ``mp_prefetch``
+(when ``worker_count > 0``). ``make_global_batch`` turns a process batch into global
+``jax.Array``s with ``jax.make_array_from_process_local_data``; ``save_iterator`` /
+``restore_iterator`` store the iterator position with Orbax and Grain's checkpoint handler.
+
+Batch keys of **pixel** records (B = the per-process batch = global batch / process count,
+T = ``num_frames``, H x W = ``height`` x ``width``):
+
+==================  ===========================  ==========================================
+key                 shape, dtype                 meaning
+==================  ===========================  ==========================================
+target_video        [B, T, H, W, 3] float32      target clip in [-1, 1]
+source_video        [B, T, H, W, 3] float32      source clip in [-1, 1]
+source_depth        [B, T, H, W] float32         source z-depth, metres (0 if has_depth = 0)
+has_depth           [B] int32                    1 where the data has exact depth
+source_w2c          [B, T, 4, 4] float32         source world-to-camera, world = source frame 0
+target_w2c          [B, T, 4, 4] float32         target world-to-camera, same world
+intrinsics          [B, 3, 3] float32            K at H x W (pixel centres at integers)
+camera              [B, 11, 12] float32          the model's camera input (top 3x4, row-major)
+caption             [B] str                      the target video's caption ('' if none)
+scene, source_camera, target_camera  [B] str     ids
+start, stride       [B] int32                    first frame and frame step in the videos
+==================  ===========================  ==========================================
+
+**Latent** records give the same cameras, ``intrinsics``, ``caption`` and ids, plus
+``target_latent``, ``source_latent`` (and ``render_latent``) [B, F, h, w, C] and
+``text_embedding`` [B, L, D], as the encoders stored them (no resampling or resizing applies).
+"""
+
+import dataclasses
+from typing import Any
+
+import grain
+import numpy as np
+
+from postcam_jax import cameras
+from postcam_jax.data import arrayrecord
+from postcam_jax.data import frames as frame_ops
+
+_VIDEO_KEYS = ("target_video", "source_video")
+_PER_FRAME_KEYS = ("target_video", "source_video", "source_depth", "source_w2c", "target_w2c")
+_TEXT_KEYS = ("caption", "scene", "source_camera", "target_camera")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """The pipeline's settings; ``from_config`` reads them from a ConfigDict-like object."""
+  data_dir: str  # a prepared directory: arrayrecord.prepared_dir(data_dir, name)
+  batch_size: int  # global batch size, divided over processes
+  num_frames: int
+  height: int
+  width: int
+  seed: int = 0
+  split: str = "train"
+  num_epochs: int | None = None  # None: repeat forever
+  shuffle: bool = True
+  worker_count: int = 0  # mp_prefetch worker processes; 0 reads in this process
+  worker_buffer_size: int = 2  # batches each worker prepares ahead
+  read_threads: int = 2  # threads that fill the prefetch buffer (per worker)
+  prefetch_buffer_size: int = 2  # batches; small, pixel batches are large
+
+  @classmethod
+  def from_config(cls, config: Any) -> "DataConfig":
+    """Build from any object with these attributes (e.g. ``config.data`` of an experiment)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    getter = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
+    values = {n: getter(n, None) for n in names}
+    missing = [n for n in ("data_dir", "batch_size", "num_frames", "height", "width")
+               if values[n] is None]
+    if missing:
+      given = sorted(k for k, v in values.items() if v is not None)
+      raise ValueError(f"data config lacks {missing}; it has {given}")
+    return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+class DecodeRecord(grain.transforms.Map):
+  """Record from the TFDS source -> plain numpy: text as str, scalars as int32 arrays."""
+
+  def map(self, element: dict) -> dict:
+    out = {}
+    for key, value in element.items():
+      if key in _TEXT_KEYS:
+        out[key] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+      elif np.ndim(value) == 0 and np.asarray(value).dtype.kind in "iu":
+        out[key] = np.int32(value)  # TFDS hands int32 scalars back as Python ints
+      else:
+        out[key] = np.asarray(value)
+    return out
+
+
+@dataclasses.dataclass
+class ResampleFrames(grain.transforms.Map):
+  """Per-frame streams from the record's T frames to ``num_frames`` (the release's rule)."""
+  num_frames: int
+
+  def map(self, element: dict) -> dict:
+    present = [k for k in _PER_FRAME_KEYS if k in element]
+    if not present or element[present[0]].shape[0] == self.num_frames:
+      return element
+    index = frame_ops.resample_frames(element[present[0]].shape[0], self.num_frames)
+    return dict(element, **{k: element[k][index] for k in present})
+
+
+@dataclasses.dataclass
+class ResizeCrop(grain.transforms.Map):
+  """Videos and depth to ``height`` x ``width`` (resize to cover, centre crop), K adjusted."""
+  height: int
+  width: int
+
+  def map(self, element: dict) -> dict:
+    keys = [k for k in ("target_video", "source_video", "source_depth") if k in element]
+    if not keys or element[keys[0]].shape[1:3] == (self.height, self.width):
+      return element
+    resized, k = frame_ops.resize_and_crop({key: element[key] for key in keys},
+                                           element["intrinsics"], self.height, self.width)
+    return dict(element, intrinsics=k.astype(np.float32), **resized)
+
+
+class NormaliseVideo(grain.transforms.Map):
+  """uint8 videos -> float32 in [-1, 1] (x / 127.5 - 1)."""
+
+  def map(self, element: dict) -> dict:
+    return dict(element, **{k: element[k].astype(np.float32) * np.float32(1 / 127.5) - 1.0
+                            for k in _VIDEO_KEYS if k in element})
+
+
+class RelativeCamera(grain.transforms.Map):
+  """The model's camera input from the (possibly resampled) relative target poses."""
+
+  def map(self, element: dict) -> dict:
+    tokens = cameras.camera_tokens(np.asarray(element["target_w2c"], np.float64))
+    return dict(element, camera=tokens.astype(np.float32))
+
+
+def _source(config: DataConfig):
+  return arrayrecord.data_source(config.data_dir, config.split)
+
+
+def make_dataset(config: Any, process_index: int | None = None,
+                 process_count: int | None = None) -> grain.IterDataset:
+  """This process's iterator of batches (see the module docstring for keys and shapes).
+
+  ``config`` is a :class:`DataConfig` or a ConfigDict-like object with its fields. The process
+  index and count default to JAX's. Batches are identical for one seed; processes read disjoint
+  slices of the records that together cover every record.
+  """
+  if not isinstance(config, DataConfig):
+    config = DataConfig.from_config(config)
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=import-outside-toplevel
+    process_index, process_count = jax.process_index(), jax.process_count()
+  if config.batch_size % process_count:
+    raise ValueError(f"global batch_size {config.batch_size} must divide over "
+                     f"{process_count} processes")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+  local_batch = config.batch_size // process_count
+  ds = grain.MapDataset.source(_source(config))
+  ds = ds[process_index::process_count]
+  if len(ds) < local_batch:
+    raise ValueError(f"{config.data_dir}: process {process_index} has {len(ds)} records, fewer "
+                     f"than its batch of {local_batch}")
+  if config.shuffle:
+    ds = ds.shuffle(seed=config.seed)
+  ds = ds.repeat(config.num_epochs)
+  ds = (ds.map(DecodeRecord())
+        .map(ResampleFrames(config.num_frames))
+        .map(ResizeCrop(config.height, config.width))
+        .map(NormaliseVideo())
+        .map(RelativeCamera()))
+  ds = ds.batch(local_batch, drop_remainder=True)
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
+                                               prefetch_buffer_size=config.prefetch_buffer_size))
+  if config.worker_count > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
+  return it_ds
+
+
+def make_global_batch(batch: dict, sharding) -> dict:
+  """Process-local numpy batch -> global ``jax.Array``s laid out by ``sharding``.
+
+  Numeric arrays are assembled with ``jax.make_array_from_process_local_data`` (the batch axis is
+  split over processes); string arrays (captions, ids) stay host-local numpy.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    if value.dtype.kind in "biuf":
+      out[key] = jax.make_array_from_process_local_data(sharding, value)
+    else:
+      out[key] = value
+  return out
+
+
+def _manager(directory: str):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  return ocp.CheckpointManager(directory, item_names=("data",),
+                               item_handlers={"data": grain.checkpoint.CheckpointHandler()})
+
+
+def save_iterator(directory: str, step: int, iterator) -> None:
+  """Store ``iterator``'s position as step ``step`` under ``directory`` (Orbax, item 'data')."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  with _manager(directory) as manager:
+    manager.save(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+    manager.wait_until_finished()
+
+
+def restore_iterator(directory: str, iterator, step: int | None = None):
+  """Move ``iterator`` (a fresh one of the same pipeline) to the saved position; returns it."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  with _manager(directory) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{directory}: no data-iterator checkpoint to restore")
+    manager.restore(step, args=ocp.args.Composite(
+        data=grain.checkpoint.CheckpointRestore(iterator)))
+  return iterator
