@@ -43,7 +43,8 @@ def _auto(q, k, v, *, precision=None):
   backend = jax.default_backend()
   if backend == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128:
     return cudnn_attention(q, k, v)
-  if backend == "tpu" and "splash" in IMPLEMENTATIONS and q.dtype == jnp.bfloat16:
+  if backend == "tpu" and q.dtype == jnp.bfloat16:
+    from postcam_jax.models import splash  # pylint: disable=import-outside-toplevel,unused-import
     return IMPLEMENTATIONS["splash"](q, k, v)
   return xla_attention(q, k, v, precision=precision)
 

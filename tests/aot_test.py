@@ -1,0 +1,103 @@
+"""The AOT planner: tiny PostCam training step compiled for a v5p slice, and the clear no-fit exit.
+
+libtpu compiles for abstract TPU devices on this CPU host; nothing runs on a TPU.
+"""
+
+import math
+import os
+
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from postcam_jax import aot, chips, sharding
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "postcam_tiny.py")
+BIG = os.path.join(REPO, "configs", "postcam_14b.py")
+
+
+def _analytic_param_bytes(config, sizes) -> int:
+  """Per-chip parameter bytes from the logical names alone: each dimension whose logical axis
+  maps to mesh axes (and divides) is split by their sizes."""
+  from postcam_jax import train  # pylint: disable=import-outside-toplevel
+  from postcam_jax.models.postcam import PostCamModel  # pylint: disable=import-outside-toplevel
+  cfg = train.model_config(config)
+  model = nnx.eval_shape(lambda: PostCamModel(cfg, rngs=nnx.Rngs(0)))
+  rules = sharding.rules_dict()
+  total = 0
+  for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    names = var.get_metadata().get("out_sharding") or (None,) * len(var.shape)
+    used, elems = set(), 1
+    for dim, name in zip(var.shape, names):
+      axes = rules.get(name) if name else None
+      axes = [a for a in ((axes,) if isinstance(axes, str) else tuple(axes or ()))
+              if a not in used]
+      split = 1
+      for a in axes:
+        if dim % (split * sizes[a]) == 0:
+          split *= sizes[a]
+          used.add(a)
+      elems *= dim // split
+    total += elems * jnp.dtype(var.dtype).itemsize
+  return total
+
+
+def test_tiny_train_step_compiles_for_v5p_with_data_and_sequence_sharding():
+  config = aot.load_config(TINY, ["--config.model.precision='mixed'"])  # bf16: splash kernels
+  sizes = aot.parse_mesh("data=2,sequence=2", 4)
+  req = aot.Request(config=config, topology="v5p:2x2x1", mesh=sizes,
+                    latent=aot.video_latent(config), render=(3, 4, 6))
+  report = aot.plan(req, price=False)
+  assert report["fits"] and report["chips"] == 4 and report["mesh"].startswith("data=2,fsdp=1")
+  assert report["param_bytes"] == _analytic_param_bytes(config, sizes)
+  mem = report["memory"]
+  assert mem["argument"] >= report["param_bytes"] + report["opt_state_bytes"]
+  assert report["raw_cost"]["kernel_launches"].get("splash_mha_fwd_residuals", 0) > 0
+
+
+def test_fsdp_sharded_parameter_bytes_are_exact():
+  config = aot.load_config(TINY, [])
+  sizes = aot.parse_mesh("fsdp=2,sequence=2", 4)
+  mesh = aot.abstract_mesh("v5p:2x2x1", sizes)
+  req = aot.Request(config=config, topology="v5p:2x2x1", mesh=sizes,
+                    latent=aot.video_latent(config), render=(3, 4, 6))
+  _, _, _, facts = aot.build(req, mesh)
+  want = _analytic_param_bytes(config, sizes)
+  assert facts["param_bytes"] == want
+  assert want < facts["global_param_bytes"]  # the embed axes really are split
+
+
+def test_14b_training_on_one_v5p_chip_exits_with_the_gap(capsys):
+  code = aot.main(["--config", BIG, "--topology", "v5p:1x1x1", "--mesh", "fsdp=1"])
+  err = capsys.readouterr().err
+  assert code == 2
+  assert "GiB over per chip" in err and "try fsdp>=" in err
+  gap = float(err.split("does not fit: ")[1].split(" GiB over")[0])
+  assert gap > 0
+
+
+def test_hlo_kernel_flops_weights_by_trip_count():
+  hlo = "\n".join([
+      "%body (p: f32[]) -> f32[] {",
+      '  %splash_mha_fwd_residuals.1 = (bf16[2,256,64]) custom-call(%a), '
+      'custom_call_target="tpu_custom_call", operand_layout_constraints={s8[1,2,2]{2,1,0}, '
+      'bf16[2,256,64]{2,1,0}, bf16[2,128,64]{2,1,0}, bf16[2,128,64]{2,1,0}}, x=1',
+      "}",
+      "ENTRY %main (p: f32[]) -> f32[] {",
+      '  %w = f32[] while(%p), condition=%cond, body=%body, '
+      'backend_config={"known_trip_count":{"n":"3"}}',
+      "}"])
+  flops, launches = aot.hlo_kernel_flops(hlo)
+  assert launches == {"splash_mha_fwd_residuals": 3}
+  assert flops == 3 * 4.0 * 2 * 256 * 128 * 64
+
+
+def test_bad_inputs_are_named():
+  with pytest.raises(ValueError, match="unknown TPU generation"):
+    chips.chip_for_topology("v9x:2x2")
+  with pytest.raises(ValueError, match="has 8 devices; the topology has 4"):
+    aot.parse_mesh("data=2,sequence=4", 4)
+  with pytest.raises(ValueError, match="AXIS=SIZE"):
+    aot.parse_mesh("pipeline=2", 4)
+  assert math.isclose(chips.CHIPS["v5p"].usable_hbm_gib, 95.74, rel_tol=1e-6)
