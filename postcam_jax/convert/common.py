@@ -56,39 +56,66 @@ class TensorSource:
     return key in set(self.keys())
 
 
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                       "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+                       "U8": "uint8", "BOOL": "bool"}
+
+
 class SafetensorsSource(TensorSource):
-  """One or several ``.safetensors`` files, read with ``framework='numpy'`` (no torch)."""
+  """One or several ``.safetensors`` files, read tensor by tensor with plain file reads.
+
+  The header is parsed as the format documents it (8-byte little-endian length, JSON with dtype,
+  shape and byte offsets per tensor). Tensors are read with ``readinto`` rather than through the
+  library's memory map, whose touched pages would count as resident memory until the file is
+  closed: with the map, converting the 5.7 GB 1.3B checkpoint peaked at twice the output size.
+  """
 
   def __init__(self, files: list[str], description: str, config_path: str | None = None):
     super().__init__(description)
-    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-
-    self._handles = []
-    self._where: dict[str, Any] = {}
+    self._entries: dict[str, tuple[str, dict, int]] = {}
     self._config_path = config_path
     for f in files:
       try:
-        h = safe_open(f, framework="numpy")
-        names = list(h.keys())
-      except Exception as e:  # truncated or not a safetensors file
+        size = os.path.getsize(f)
+        with open(f, "rb") as fh:
+          n = int.from_bytes(fh.read(8), "little")
+          if n <= 0 or 8 + n > size:
+            raise ValueError(f"header length {n} does not fit in {size} bytes")
+          header = json.loads(fh.read(n))
+        header.pop("__metadata__", None)
+        for k, info in header.items():
+          begin, end = info["data_offsets"]
+          if 8 + n + end > size:
+            raise ValueError(f"tensor {k!r} ends at byte {8 + n + end}, past the end of the file "
+                             f"({size} bytes): the file is truncated")
+          if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"tensor {k!r} has unsupported dtype {info['dtype']}")
+          self._entries[k] = (f, info, 8 + n)
+      except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConversionError([f"{f}: unreadable safetensors file ({type(e).__name__}: {e})"],
                               description) from e
-      self._handles.append(h)
-      for k in names:
-        self._where[k] = h
 
   def keys(self):
-    return list(self._where)
+    return list(self._entries)
 
   def shape(self, key):
-    return tuple(self._where[key].get_slice(key).get_shape())
+    return tuple(self._entries[key][1]["shape"])
 
   def get(self, key):
-    try:
-      return np.asarray(self._where[key].get_tensor(key))
-    except Exception as e:
-      raise ConversionError([f"tensor {key!r}: unreadable ({type(e).__name__}: {e})"],
-                            self.description) from e
+    path, info, data_start = self._entries[key]
+    begin, end = info["data_offsets"]
+    name = _SAFETENSORS_DTYPES[info["dtype"]]
+    if name == "bfloat16":
+      import ml_dtypes  # pylint: disable=import-outside-toplevel
+      dtype = np.dtype(ml_dtypes.bfloat16)
+    else:
+      dtype = np.dtype(name)
+    buf = np.empty(end - begin, np.uint8)
+    with open(path, "rb") as fh:
+      fh.seek(data_start + begin)
+      if fh.readinto(memoryview(buf)) != end - begin:
+        raise ConversionError([f"tensor {key!r}: short read (truncated file)"], self.description)
+    return buf.view(dtype).reshape(info["shape"])
 
   def config(self):
     if self._config_path and os.path.exists(self._config_path):
