@@ -17,7 +17,10 @@ MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 # Logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
 LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # Parameters.
-    ("embed", "fsdp"),          # model width: FSDP-sharded
+    # Model width: FSDP-sharded over fsdp and sequence together (Wan's FSDP runs over all the
+    # ranks of its sequence-parallel group, wan2.1.md 5.2): a batch-1, 8-way sequence mesh still
+    # holds 1/8 of the weights per device; they are gathered per use.
+    ("embed", ("fsdp", "sequence")),
     ("qkv", "tensor"),          # attention projection width (heads x head_dim)
     ("mlp", "tensor"),          # FFN hidden width
     ("layers", None),           # stacked (scanned) blocks
@@ -38,22 +41,28 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 
 def rules_dict(rules=LOGICAL_RULES) -> dict:
+  """The rules as a dict: logical name -> mesh axis, tuple of mesh axes, or None."""
   return dict(rules)
 
 
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, sequence: int = 1,
               devices: Sequence | None = None) -> jax.sharding.Mesh:
-  """A mesh with the four named axes; the product must equal the device count."""
+  """A mesh with the four named axes; the product must equal the device count.
+
+  Without ``devices``, ``jax.make_mesh`` orders all (global) devices for the topology. Axes are
+  ``Auto``: shardings are propagated by the compiler outside ``shard_map`` regions.
+  """
   shape = (data, fsdp, tensor, sequence)
   devices = list(jax.devices()) if devices is None else list(devices)
   n = int(np.prod(shape))
   if n != len(devices):
     raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {n} devices, "
                      f"{len(devices)} are available")
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
   if devices == list(jax.devices()):
-    return jax.make_mesh(shape, MESH_AXES,
-                         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
-  return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
+  # An explicit device order (e.g. to put an axis across hosts): used as given, row-major.
+  return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
 def logical_to_spec(names: Sequence[str | None] | None, rules=LOGICAL_RULES) -> P:
@@ -72,16 +81,20 @@ def logical_to_spec(names: Sequence[str | None] | None, rules=LOGICAL_RULES) -> 
   return P(*out)
 
 
-def _fit(spec: P, shape, mesh) -> P:
-  """Drop mesh axes that do not divide the dimension (e.g. 12 heads on an 8-way axis)."""
-  sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
+def fit_spec(spec: P, shape, mesh) -> P:
+  """Drop mesh axes that do not divide the dimension (e.g. 12 heads on an 8-way axis), and
+  axes of size 1 (they split nothing; specs stay readable).
+
+  ``mesh`` may be a concrete ``Mesh`` or an ``AbstractMesh`` (as in a jit trace).
+  """
+  sizes = dict(mesh.shape)
   out = []
   for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
     keep = []
     prod = 1
     for a in axes:
-      if dim % (prod * sizes[a]) == 0:
+      if sizes[a] > 1 and dim % (prod * sizes[a]) == 0:
         keep.append(a)
         prod *= sizes[a]
     out.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
@@ -94,7 +107,7 @@ def param_shardings(state, mesh, rules=LOGICAL_RULES):
   def one(var):
     names = var.get_metadata().get("out_sharding") if hasattr(var, "get_metadata") else None
     spec = logical_to_spec(names, rules) if names else P()
-    return NamedSharding(mesh, _fit(spec, var.shape, mesh))
+    return NamedSharding(mesh, fit_spec(spec, var.shape, mesh))
 
   shardings = jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return nnx.to_pure_dict(shardings) if isinstance(shardings, nnx.State) else shardings
@@ -105,7 +118,7 @@ def constrain(x, names: Sequence[str | None]):
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty:
     return x
-  spec = _fit(logical_to_spec(names), x.shape, mesh)
+  spec = fit_spec(logical_to_spec(names), x.shape, mesh)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
@@ -128,3 +141,33 @@ def mesh_from_spec(spec: str | Mapping[str, int] | None, devices=None) -> jax.sh
   if "fsdp" not in sizes and n % given == 0:
     sizes["fsdp"] = n // given
   return make_mesh(**{a: sizes.get(a, 1) for a in MESH_AXES}, devices=devices)
+
+
+def put_global(tree, shardings):
+  """Host arrays -> global arrays with ``shardings`` (a matching tree of NamedShardings).
+
+  Every process must hold the same full host values (a seeded generator, a file); each one
+  builds only its addressable shards, so this is the multi-host form of ``jax.device_put``.
+  """
+
+  def one(x, sh):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sh, lambda index: x[index])
+
+  return jax.tree.map(one, tree, shardings)
+
+
+def shard_module(module: nnx.Module, mesh, rules=LOGICAL_RULES) -> nnx.Module:
+  """Place a concrete module's variables on ``mesh`` by their logical names (in place)."""
+  state = nnx.state(module)
+  pure = nnx.to_pure_dict(state)
+  placed = put_global(jax.tree.map(np.asarray, pure), param_shardings(state, mesh, rules))
+  nnx.replace_by_pure_dict(state, placed)
+  nnx.update(module, state)
+  return module
+
+
+# Registers the sequence-parallel attention schemes ("sequence", "ulysses", "allgather_kv",
+# "ring") with the attention dispatch. At the end of the module: it imports this one back.
+from postcam_jax.models import sequence_parallel  # noqa: E402,F401
+
