@@ -18,7 +18,7 @@ def get_config(arg: str | None = None):
       preset="t2v_1_3b",
       precision="mixed",     # float32 | mixed (Wan's autocast policy) | release (all bf16)
       remat="none",          # none | full | dots | dots_no_batch | everything
-      attention="auto"))     # self-attention kernel (postcam_jax.models.attention)
+      attention="sequence"))  # sequence-parallel on a mesh with a sequence axis
   # Wan's T2V sampling defaults (wan2.1.md 3.3): 50 UniPC steps, shift 5, guidance 5.
   config.sampling = ml_collections.ConfigDict(dict(solver="unipc", num_steps=50, shift=5.0,
                                                    guidance_scale=5.0))

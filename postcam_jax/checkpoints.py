@@ -207,3 +207,15 @@ def load_postcam(directory, dtype=jnp.float32, *, precision: str | None = None, 
                                  **options})
   abstract = nnx.eval_shape(lambda: PostCamModel(cfg, rngs=nnx.Rngs(0)))
   return restore_into(abstract, directory, mesh=mesh)
+
+
+def load_vae(directory, dtype=None, *, mesh=None):
+  """Load a converted Wan-VAE (``encode`` / ``decode``); see ``postcam_jax.convert.vae``."""
+  from postcam_jax.convert import vae  # pylint: disable=import-outside-toplevel
+  return vae.load_vae(directory, dtype=dtype, mesh=mesh)
+
+
+def load_text_encoder(directory, dtype=None, *, mesh=None, tokenizer=None):
+  """Load a converted umT5 encoder with its tokenizer (``encode_text``)."""
+  from postcam_jax.convert import t5  # pylint: disable=import-outside-toplevel
+  return t5.load_text_encoder(directory, dtype=dtype, mesh=mesh, tokenizer=tokenizer)

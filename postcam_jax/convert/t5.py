@@ -179,15 +179,15 @@ def load_text_encoder(directory, dtype=None, mesh=None, tokenizer=None):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from postcam_jax import checkpoints, text  # pylint: disable=import-outside-toplevel
-  from postcam_jax.models.t5 import UMT5Config, UMT5Encoder  # pylint: disable=import-outside-toplevel
+  from postcam_jax.models import t5 as t5_model  # pylint: disable=import-outside-toplevel
 
   meta = checkpoints.read_model_json(directory)
   if meta.get("kind") != KIND:
     raise ValueError(f"{directory} holds a {meta.get('kind')!r} model, expected {KIND!r}")
-  cfg = UMT5Config.from_dict(meta["config"])
+  cfg = t5_model.UMT5Config.from_dict(meta["config"])
   dtype = jnp.dtype(meta.get("dtype", "float32") if dtype is None else dtype)
-  abstract = nnx.eval_shape(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0), dtype=dtype,
-                                                param_dtype=dtype))
+  abstract = nnx.eval_shape(lambda: t5_model.UMT5Encoder(cfg, rngs=nnx.Rngs(0), dtype=dtype,
+                                                         param_dtype=dtype))
   model = checkpoints.restore_into(abstract, directory, mesh=mesh)
   bundled = os.path.join(directory, TOKENIZER_DIR)
   tokenizer = tokenizer or (bundled if os.path.isdir(bundled) else None)

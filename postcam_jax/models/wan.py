@@ -36,7 +36,8 @@ class WanConfig:
   patch_size: tuple[int, int, int] = (1, 2, 2)
   precision: str = "float32"     # float32 | mixed | release (layers.POLICIES)
   remat: str = "none"            # none | full | dots | dots_no_batch | everything
-  attention: str = "auto"        # self-attention kernel (models.attention.IMPLEMENTATIONS)
+  attention: str = "sequence"    # self-attention kernel: "sequence" = sequence-parallel on a
+                                 # mesh with a sequence axis, the backend's kernel otherwise
 
   @property
   def head_dim(self) -> int:
