@@ -47,7 +47,7 @@ def main():
   proc = subprocess.run([sys.executable, f"{REPO}/tools/convert_weights.py", "dit", "--input",
                          src, "--output", out, "--overwrite"], capture_output=True, text=True)
   t_conv = time.time() - t0
-  assert proc.returncode == 0, proc.stderr
+  assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
   peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
   if ref is None:
     ref = reference.diffusers_wan(cfg, seed=0)  # same seed -> same weights

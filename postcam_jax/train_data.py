@@ -26,6 +26,7 @@ Both paths end in a Grain ``IterDataset`` whose iterator state Orbax checkpoints
 .checkpoint``), so a resumed run sees exactly the batches an uninterrupted one would.
 """
 
+import dataclasses
 import hashlib
 import os
 import zlib
@@ -154,7 +155,7 @@ def _pixel_examples(data, split: str) -> list[dict]:
   root = os.path.join(data.cache_dir, f"scenes_{seed}_{num_scenes}")
   gen = synthetic.GeneratorConfig(root=root, num_scenes=num_scenes, num_cameras=data.num_cameras,
                                   num_frames=data.num_frames, height=data.height,
-                                  width=data.width, seed=seed)
+                                  width=data.width, seed=seed, crf=0)  # lossless: reproducible
   done = os.path.join(root, ".complete")
   if not os.path.exists(done):  # train and eval may share scenes: generate them once
     logging.info("generating %d synthetic scene(s) for %s under %s", num_scenes, split, root)
@@ -195,6 +196,18 @@ class SelectKeys(grain.transforms.Map):
     return {k: np.asarray(element[k], np.float32) for k in BATCH_KEYS if k in element}
 
 
+@dataclasses.dataclass
+class ProcessRows(grain.transforms.Map):
+  """This process's contiguous rows of a global batch."""
+  process_index: int
+  process_count: int
+
+  def map(self, element: dict) -> dict:
+    local = len(next(iter(element.values()))) // self.process_count
+    start = self.process_index * local
+    return {k: v[start:start + local] for k, v in element.items()}
+
+
 def train_dataset(config, process_index: int, process_count: int,
                   batch_size: int | None = None) -> grain.IterDataset:
   """This process's infinite, checkpointable dataset of training batches of ``batch_size``
@@ -205,21 +218,21 @@ def train_dataset(config, process_index: int, process_count: int,
     raise ValueError(f"the global batch of {batch_size} must divide over {process_count} "
                      f"processes")
   if data.source == "arrayrecord":
-    import dataclasses  # pylint: disable=import-outside-toplevel
     from postcam_jax.data import pipeline  # pylint: disable=import-outside-toplevel
     pipe = dataclasses.replace(pipeline.DataConfig.from_config(data), batch_size=batch_size)
     return pipeline.make_dataset(pipe, process_index, process_count).map(SelectKeys())
   if data.source != "synthetic":
     raise ValueError(f"data.source must be 'arrayrecord' or 'synthetic', got {data.source!r}")
-  local = batch_size // process_count
   ds = grain.MapDataset.source(synthetic_examples(data, "train"))
-  ds = ds[process_index::process_count]
-  if len(ds) < local:
-    raise ValueError(f"process {process_index} has {len(ds)} synthetic examples, fewer than its "
-                     f"batch of {local}; raise data.num_scenes")
+  if len(ds) < batch_size:
+    raise ValueError(f"{len(ds)} synthetic examples, fewer than the batch of {batch_size}; "
+                     f"raise data.num_scenes")
   if data.shuffle:
     ds = ds.shuffle(seed=data.seed)
-  ds = ds.repeat(None).map(SelectKeys()).batch(local, drop_remainder=True)
+  # Every process walks the same global batches and keeps its rows, so the global batch (and
+  # the loss) does not depend on the process count.
+  ds = ds.repeat(None).map(SelectKeys()).batch(batch_size, drop_remainder=True)
+  ds = ds.map(ProcessRows(process_index, process_count))
   return ds.to_iter_dataset()
 
 

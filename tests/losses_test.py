@@ -1,0 +1,62 @@
+"""Flow-matching objective and timestep samplers; analytic FLOP counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from postcam_jax import flops, losses
+from postcam_jax.models.postcam import PostCamConfig
+
+
+def test_shift_and_grid():
+  cfg = losses.LossConfig()
+  sigmas, weights = losses.training_grid(cfg)
+  assert sigmas.shape == (1000,) and sigmas[0] == 1.0 and sigmas[-1] > 0
+  s = np.linspace(1, 0, 1001)[:-1]
+  np.testing.assert_allclose(sigmas, 5 * s / (1 + 4 * s), rtol=1e-6)
+  np.testing.assert_array_equal(weights, np.ones(1000, np.float32))
+  _, bell = losses.training_grid(losses.LossConfig(bell_weight=True))
+  assert bell.min() == 0.0
+  np.testing.assert_allclose(bell.mean(), 1.0, rtol=1e-5)
+
+
+def test_samplers_range_and_shift():
+  key = jax.random.key(0)
+  s, w = losses.sample_sigmas(key, 4096, losses.LossConfig("logit_normal"))
+  assert float(s.min()) > 0 and float(s.max()) < 1 and np.all(np.asarray(w) == 1)
+  # k = 2 moves the median sigmoid(0) = 0.5 to 2/3.
+  np.testing.assert_allclose(float(jnp.median(s)), 2 / 3, atol=0.02)
+  grid, _ = losses.training_grid(losses.LossConfig())
+  s, _ = losses.sample_sigmas(key, 64, losses.LossConfig())
+  assert np.all(np.isin(np.asarray(s), grid))
+
+
+def test_noisy_latents_and_target():
+  x0 = jnp.full((2, 1, 2, 2, 16), 3.0)
+  eps = jnp.ones_like(x0)
+  x_s, v = losses.noisy_latents(x0, eps, jnp.array([0.0, 0.25]))
+  np.testing.assert_allclose(x_s[0], 3.0)
+  np.testing.assert_allclose(x_s[1], 0.75 * 3 + 0.25)
+  np.testing.assert_allclose(v, -2.0)
+
+
+def test_bad_configs_are_named():
+  with pytest.raises(ValueError, match="unknown timestep sampler"):
+    losses.LossConfig("cosine")
+  with pytest.raises(ValueError, match="bell_weight"):
+    losses.LossConfig("logit_normal", bell_weight=True)
+
+
+def test_flops_of_1p3b():
+  cfg = PostCamConfig.release_1_3b()
+  latent, render = (11, 60, 104), (11, 15, 26)
+  n, m = flops.token_counts(cfg, latent, render)
+  assert (2 * n, m) == (34320, 1001)  # postcam.md shapes table (render grid floored)
+  fwd = flops.postcam_forward_flops(cfg, 1, latent, render)
+  train_flops = flops.postcam_train_flops(cfg, 1, latent, render)
+  # Self-attention over 34,320 tokens dominates: 4 L^2 D per layer.
+  assert fwd > 30 * 4 * 34320 ** 2 * 1536
+  assert 2 * fwd < train_flops < 3 * fwd  # frozen weights get no weight gradient
+  pose = flops.postcam_train_flops(cfg, 1, latent, None)
+  assert pose < train_flops
