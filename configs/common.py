@@ -77,3 +77,20 @@ def base(**overrides) -> ml_collections.ConfigDict:
   c.peak_flops_per_device = 0.0    # 0: from postcam_jax.flops tables (unknown on CPU)
   c.update(overrides)
   return c
+
+
+def wan(preset: str) -> ml_collections.ConfigDict:
+  """A plain Wan2.1 DiT config (``configs/wan_*.py``): ``model`` names a ``WanConfig`` preset plus
+  field overrides (``postcam_jax.models.wan.config_from_dict``); ``sampling`` holds Wan's T2V
+  defaults (wan2.1.md 3.3: 50 UniPC steps, shift 5, guidance 5)."""
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict(dict(
+      preset=preset,
+      precision="mixed",      # float32 | mixed (Wan's autocast policy) | release (all bf16)
+      remat="none",           # none | full | dots | dots_no_batch | everything
+      attention="sequence"))  # sequence-parallel on a mesh with a sequence axis
+  config.sampling = ml_collections.ConfigDict(dict(solver="unipc", num_steps=50, shift=5.0,
+                                                   guidance_scale=5.0))
+  config.latent_shape = (21, 60, 104)   # 81 frames at 480x832
+  config.text_len = 512
+  return config

@@ -228,6 +228,31 @@ def open_source(path: str, weights_name: str = "diffusion_pytorch_model") -> Ten
 
 
 # ----------------------------------------------------------------------------------------------
+# Shared CLI pieces.
+
+
+def numpy_dtype(name: str):
+  """'float32' | 'bfloat16' -> numpy dtype (bf16 through ml_dtypes)."""
+  if name == "bfloat16":
+    import ml_dtypes  # pylint: disable=import-outside-toplevel
+    return np.dtype(ml_dtypes.bfloat16)
+  if name == "float32":
+    return np.dtype(np.float32)
+  raise ValueError(f"unknown dtype {name!r}; choose float32 or bfloat16")
+
+
+def add_conversion_arguments(parser, input_help: str, format_help: str | None = None):
+  """The options every PyTorch -> postcam-jax subcommand shares."""
+  parser.add_argument("--input", required=True, help=input_help)
+  parser.add_argument("--output", required=True, help="output directory (must not exist)")
+  parser.add_argument("--format", default="auto", choices=("auto", "wan", "diffusers"),
+                      help=format_help or "key layout of the input (default: detect from the keys)")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="parameter dtype of the output")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+# ----------------------------------------------------------------------------------------------
 # Table-driven mapping.
 
 

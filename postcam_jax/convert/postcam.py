@@ -47,8 +47,6 @@ def infer_postcam_config(source) -> dict:
   return cfg
 
 
-def _np_dtype(name):
-  return wan._np_dtype(name)
 
 
 def convert_postcam(input_path, output, dtype="float32", overwrite=False):
@@ -61,7 +59,7 @@ def convert_postcam(input_path, output, dtype="float32", overwrite=False):
   cfg = PostCamConfig.from_dict(arch)
   abstract = checkpoints.abstract_params(lambda: PostCamModel(cfg, rngs=nnx.Rngs(0)))
   params = common.convert_tensors(source, wan.rules(POSTCAM_TABLE, "wan"), abstract,
-                                  dtype=np.dtype(_np_dtype(dtype)))
+                                  dtype=np.dtype(common.numpy_dtype(dtype)))
   checkpoints.save_model(output, kind="postcam", config={k: arch_value(cfg, k) for k in ARCH_FIELDS},
                          params=params, overwrite=overwrite,
                          extra={"source": os.path.abspath(os.fspath(input_path)), "dtype": dtype})

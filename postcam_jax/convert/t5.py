@@ -135,7 +135,7 @@ def convert_t5(input_path, output, fmt="auto", dtype="float32", overwrite=False,
     cfg = infer_config(source, fmt)
     abstract = checkpoints.abstract_params(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
     params = common.convert_tensors(source, rules(fmt), abstract,
-                                    dtype=np.dtype(_np_dtype(dtype)))
+                                    dtype=np.dtype(common.numpy_dtype(dtype)))
   finally:
     source.close()
   tokenizer = tokenizer or find_tokenizer(input_path)
@@ -195,29 +195,17 @@ def load_text_encoder(directory, dtype=None, mesh=None, tokenizer=None):
   return text.TextEncoder(model, tok)
 
 
-def _np_dtype(name):
-  if name == "bfloat16":
-    import ml_dtypes  # pylint: disable=import-outside-toplevel
-    return ml_dtypes.bfloat16
-  if name == "float32":
-    return np.float32
-  raise ValueError(f"unknown dtype {name!r}; choose float32 or bfloat16")
 
 
 def add_arguments(parser: argparse.ArgumentParser):
-  parser.add_argument("--input", required=True,
-                      help="models_t5_umt5-xxl-enc-bf16.pth, or a transformers/diffusers "
-                           "text_encoder/ directory (safetensors + config.json)")
-  parser.add_argument("--output", required=True, help="output directory (must not exist)")
-  parser.add_argument("--format", default="auto", choices=("auto", "wan", "diffusers"),
-                      help="key layout: wan (original) or diffusers (= transformers "
-                           "UMT5EncoderModel); default: detect from the keys")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="parameter dtype of the output")
+  common.add_conversion_arguments(
+      parser, "models_t5_umt5-xxl-enc-bf16.pth, or a transformers/diffusers text_encoder/ "
+              "directory (safetensors + config.json)",
+      "key layout: wan (original) or diffusers (= transformers UMT5EncoderModel); default: "
+      "detect from the keys")
   parser.add_argument("--tokenizer", default=None,
                       help="tokenizer folder or sentencepiece .model to bundle (default: "
                            "google/umt5-xxl or tokenizer/ beside the input, if present)")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
 def run(args) -> int:

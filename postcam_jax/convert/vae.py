@@ -198,7 +198,7 @@ def convert_vae(input_path, output, fmt="auto", dtype="float32", overwrite=False
     cfg = infer_config(source, fmt)
     abstract = checkpoints.abstract_params(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
     params = common.convert_tensors(source, rules(vae_table(cfg), fmt), abstract,
-                                    dtype=np.dtype(_np_dtype(dtype)))
+                                    dtype=np.dtype(common.numpy_dtype(dtype)))
     checkpoints.save_model(output, kind=KIND, config=cfg.to_dict(), params=params,
                            overwrite=overwrite,
                            extra={"source": str(input_path), "format": fmt, "dtype": dtype})
@@ -224,25 +224,12 @@ def load_vae(directory, dtype=None, mesh=None):
   return checkpoints.restore_into(abstract, directory, mesh=mesh)
 
 
-def _np_dtype(name):
-  if name == "bfloat16":
-    import ml_dtypes  # pylint: disable=import-outside-toplevel
-    return ml_dtypes.bfloat16
-  if name == "float32":
-    return np.float32
-  raise ValueError(f"unknown dtype {name!r}; choose float32 or bfloat16")
 
 
 def add_arguments(parser: argparse.ArgumentParser):
-  parser.add_argument("--input", required=True,
-                      help="Wan2.1_VAE.pth, or a diffusers vae/ directory (safetensors + "
-                           "config.json), or a .safetensors file")
-  parser.add_argument("--output", required=True, help="output directory (must not exist)")
-  parser.add_argument("--format", default="auto", choices=("auto", "wan", "diffusers"),
-                      help="key layout of the input (default: detect from the keys)")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="parameter dtype of the output")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+  common.add_conversion_arguments(
+      parser, "Wan2.1_VAE.pth, or a diffusers vae/ directory (safetensors + config.json), or a "
+              ".safetensors file")
 
 
 def run(args) -> int:

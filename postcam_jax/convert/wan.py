@@ -169,15 +169,9 @@ def infer_wan_config(source, fmt: str) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser):
-  parser.add_argument("--input", required=True,
-                      help="directory (single or sharded safetensors, optional config.json), "
-                           "a .safetensors file, or a .pth")
-  parser.add_argument("--output", required=True, help="output directory (must not exist)")
-  parser.add_argument("--format", default="auto", choices=("auto", "wan", "diffusers"),
-                      help="key layout of the input (default: detect from the keys)")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="parameter dtype of the output")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+  common.add_conversion_arguments(
+      parser, "directory (single or sharded safetensors, optional config.json), a .safetensors "
+              "file, or a .pth")
 
 
 def convert_dit(input_path, output, fmt="auto", dtype="float32", overwrite=False):
@@ -192,18 +186,13 @@ def convert_dit(input_path, output, fmt="auto", dtype="float32", overwrite=False
                              "precision": "float32" if dtype == "float32" else "release"})
   abstract = checkpoints.abstract_params(lambda: WanModel(cfg, rngs=nnx.Rngs(0)))
   params = common.convert_tensors(source, rules(WAN_TABLE, fmt), abstract,
-                                  dtype=np.dtype(_np_dtype(dtype)))
+                                  dtype=np.dtype(common.numpy_dtype(dtype)))
   arch = {k: v for k, v in cfg.to_dict().items() if k not in ("precision", "remat", "attention")}
   checkpoints.save_model(output, kind="wan_dit", config=arch, params=params, overwrite=overwrite,
                          extra={"source": str(input_path), "format": fmt, "dtype": dtype})
   return cfg
 
 
-def _np_dtype(name):
-  if name == "bfloat16":
-    import ml_dtypes  # pylint: disable=import-outside-toplevel
-    return ml_dtypes.bfloat16
-  return np.float32
 
 
 def run(args) -> int:
