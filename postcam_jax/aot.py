@@ -610,21 +610,31 @@ def format_report(r: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 # Sweep.
 
-SWEEP_REMATS = ("none", "dots_no_batch", "full")
+# Most memory-saving first: the sweep prunes on the order (see ``sweep``).
+SWEEP_REMATS = ("full", "dots_no_batch", "none")
 
 
 def candidate_meshes(n: int, req: Request, batch: int) -> list[dict]:
-  """Meshes of n chips: sequence over divisors that split the main stream, the rest on fsdp (or
-  all on data); the batch axes must divide the batch."""
+  """Meshes of n chips: a sequence axis over the divisors of n that split the main stream, the
+  rest of the chips all on fsdp or all on data; without a sequence axis also tensor = 2 or 4
+  (where it divides the heads and the FFN width) with fsdp on the rest. The batch axes must
+  divide the global batch."""
   from postcam_jax import flops, train  # pylint: disable=import-outside-toplevel
   cfg = train.model_config(req.config)
   tokens, _ = flops.token_counts(cfg, req.latent)
   out = []
+
+  def add(sizes):
+    if batch % (sizes["data"] * sizes["fsdp"]) == 0 and sizes not in out:
+      out.append(sizes)
+
   for seq in (s for s in range(1, n + 1) if n % s == 0 and (2 * tokens) % s == 0):
     rest = n // seq
-    for data, fsdp in {(1, rest), (rest, 1)}:
-      if batch % (data * fsdp) == 0:
-        out.append({"data": data, "fsdp": fsdp, "tensor": 1, "sequence": seq})
+    add({"data": 1, "fsdp": rest, "tensor": 1, "sequence": seq})
+    add({"data": rest, "fsdp": 1, "tensor": 1, "sequence": seq})
+  for t in (2, 4):
+    if n % t == 0 and cfg.num_heads % t == 0 and cfg.ffn_dim % t == 0:
+      add({"data": 1, "fsdp": n // t, "tensor": t, "sequence": 1})
   return out
 
 
@@ -636,30 +646,48 @@ def with_options(config, remat: str, accum: int):
   return out
 
 
-def sweep(req: Request, remats=SWEEP_REMATS, accums=(1, 2, 4), meshes=None, log=print) -> list:
-  """Every (mesh, remat, accum) that fits, priced; sorted by estimated step time. For each mesh
-  and remat only the smallest accumulation that fits is priced (more accumulation is slower)."""
+def sweep(req: Request, remats=SWEEP_REMATS, accums=(1, 2, 4), meshes=None, log=print,
+          plan_fn=None) -> list:
+  """Every (mesh, remat) that fits at its smallest gradient accumulation, priced; sorted by
+  estimated step time.
+
+  Compiles are the cost (about a minute each at 1.3B on a 2-core host), so the sweep prunes on
+  two monotonic facts: more accumulation only lowers memory and only slows the step, so for a
+  (mesh, remat) only the smallest fitting accumulation is priced; and a remat policy that saves
+  less (``remats`` runs from the most saving) needs at least the accumulation of the one before,
+  and cannot fit where that one did not, so the remaining policies of that mesh are skipped.
+  """
+  plan_fn = plan_fn or plan
   n = len(topology_devices(req.topology))
   batch = int(req.config.data.batch_size)
   rows = []
   for sizes in meshes or candidate_meshes(n, req, batch):
+    min_accum = 1
     for remat in remats:
-      for accum in (a for a in accums if batch % a == 0):
-        if (batch // accum) % (sizes["data"] * sizes["fsdp"]):
+      fitted = False
+      for accum in accums:
+        if accum < min_accum or batch % accum or (batch // accum) % (sizes["data"] *
+                                                                      sizes["fsdp"]):
           continue
         cand = req.replace(config=with_options(req.config, remat, accum), mesh=sizes)
         try:
-          r = plan(cand)
+          r = plan_fn(cand)
         except Exception as e:  # a candidate the partitioner or kernels reject: skip, say why
           log(f"  {mesh_spec_str(sizes)} remat={remat} accum={accum}: failed: "
               f"{str(e).splitlines()[0][:200]}")
           break
         log(f"  {mesh_spec_str(sizes)} remat={remat} accum={accum}: "
             + (f"{r['need_bytes'] / GIB:.1f} GiB, {r['step_seconds']:.3f} s, "
-               f"MFU {100 * r['mfu']:.1f} %" if r["fits"] else "does not fit"))
+               f"MFU {100 * r['mfu']:.1f} %" if r["fits"] else
+               f"does not fit ({r['need_bytes'] / GIB:.1f} GiB)"))
         if r["fits"]:
           rows.append(r)
+          min_accum, fitted = accum, True
           break
+      if not fitted:
+        log(f"  {mesh_spec_str(sizes)}: remat={remat} fits at no accumulation in {accums}; "
+            f"policies saving less are skipped")
+        break
   return sorted(rows, key=lambda r: r["step_seconds"])
 
 

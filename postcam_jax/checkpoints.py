@@ -91,12 +91,28 @@ def save_model(output: str, *, kind: str, config: Mapping[str, Any],
   with AtomicDirectory(output, overwrite) as tmp:
     with open(os.path.join(tmp, MODEL_JSON), "w") as f:
       json.dump({"kind": kind, "config": dict(config), **(extra or {})}, f, indent=1)
-    # At most 1 GB in flight: Orbax's default (96 GB) copies every array at once, which doubled
-    # the peak host memory of converting the 1.3B model.
-    ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler(save_concurrent_gb=1))
-    ckptr.save(os.path.join(tmp, PARAMS_DIR), args=ocp.args.StandardSave(tree))
+    ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
+        save_concurrent_gb=1, use_ocdbt=False, type_handler_registry=_LOW_MEMORY_HANDLERS))
+    save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=_CHUNK_BYTES), tree)
+    ckptr.save(os.path.join(tmp, PARAMS_DIR), args=ocp.args.PyTreeSave(tree, save_args=save_args))
     ckptr.close()
   return output
+
+
+# Host memory of writing a converted model (peak RSS over the tree's own size, measured on a
+# 2 GiB tree of 16 numpy arrays; docs/performance.md has the full-size numbers): Orbax's default
+# numpy handler deep-copies every array before writing (+1x), OCDBT holds each array's encoded
+# bytes until its single commit (+1x), and an unchunked array is encoded whole. Without the copy
+# (the arrays are not touched while saving), without OCDBT (each chunk file is written and
+# dropped) and in 64 MiB chunks, the save adds about a quarter of the tree instead of twice it.
+_CHUNK_BYTES = 64 * 1024 ** 2
+_LOW_MEMORY_HANDLERS = ocp.type_handlers.create_type_handler_registry(
+    (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+    (jax.Array, ocp.type_handlers.ArrayHandler()),
+    (int, ocp.type_handlers.ScalarHandler()),
+    (float, ocp.type_handlers.ScalarHandler()),
+    (np.number, ocp.type_handlers.ScalarHandler()),
+    (str, ocp.type_handlers.StringHandler()))
 
 
 def read_model_json(directory: str) -> dict:

@@ -101,3 +101,48 @@ def test_bad_inputs_are_named():
   with pytest.raises(ValueError, match="AXIS=SIZE"):
     aot.parse_mesh("pipeline=2", 4)
   assert math.isclose(chips.CHIPS["v5p"].usable_hbm_gib, 95.74, rel_tol=1e-6)
+
+
+def test_sweep_prices_the_smallest_fitting_accumulation_and_prunes_policies():
+  """With a stand-in planner: remat=full fits from accum 2, dots_no_batch from accum 4, none
+  never; the sweep prices exactly those and skips none after dots_no_batch fails at accum < 2."""
+  config = aot.load_config(TINY, ["--config.data.batch_size=16"])
+  sizes = aot.parse_mesh("fsdp=4", 4)
+  req = aot.Request(config=config, topology="v5p:2x2x1", mesh=sizes,
+                    latent=aot.video_latent(config), render=(3, 4, 6))
+  need = {"full": 2, "dots_no_batch": 4, "none": 99}
+  seconds = {"full": 2.0, "dots_no_batch": 1.0}
+  calls = []
+
+  def fake_plan(cand):
+    remat = aot.remat_of(cand)
+    accum = int(cand.config.optim.accum_steps)
+    calls.append((remat, accum))
+    fits = accum >= need[remat]
+    r = {"fits": fits, "need_bytes": aot.GIB, "mesh": aot.mesh_spec_str(cand.mesh),
+         "remat": remat, "accum_steps": accum}
+    if fits:
+      r.update(step_seconds=seconds[remat], mfu=0.5, tokens_per_second=1.0)
+    return r
+
+  rows = aot.sweep(req, accums=(1, 2, 4), meshes=[sizes], log=lambda *_: None,
+                   plan_fn=fake_plan)
+  assert calls == [("full", 1), ("full", 2), ("dots_no_batch", 2), ("dots_no_batch", 4),
+                   ("none", 4)]
+  assert [(r["remat"], r["accum_steps"]) for r in rows] == [("dots_no_batch", 4), ("full", 2)]
+  text = aot.format_sweep(rows, "configs/x.py")
+  assert text.splitlines()[1].startswith("*") and "--config.model.remat=dots_no_batch" in text
+  assert "--config.optim.accum_steps=4" in text
+
+
+def test_candidate_meshes_cover_sequence_tensor_and_batch_rules():
+  config = aot.load_config(TINY, [])
+  req = aot.Request(config=config, topology="v5p:2x2x1", mesh=aot.parse_mesh("", 4),
+                    latent=aot.video_latent(config), render=(3, 4, 6))
+  meshes = aot.candidate_meshes(4, req, batch=4)
+  assert {"data": 1, "fsdp": 4, "tensor": 1, "sequence": 1} in meshes
+  assert {"data": 1, "fsdp": 1, "tensor": 1, "sequence": 4} in meshes
+  assert {"data": 1, "fsdp": 2, "tensor": 2, "sequence": 1} in meshes  # tiny: 2 heads
+  assert all(4 % (m["data"] * m["fsdp"]) == 0 for m in meshes)
+  assert all(m["data"] * m["fsdp"] * m["tensor"] * m["sequence"] == 4 for m in meshes)
+  assert not any(m["tensor"] == 4 for m in meshes)  # 4 does not divide the 2 heads
