@@ -4,7 +4,8 @@ on a small latent. Needs ~6 GB of disk and ~12 GB of memory; not a CI test.
   python benchmarks/convert_1p3b.py --workdir /tmp/wan13b
 
 Reports conversion time, the converter's peak resident memory (a child process, measured by
-getrusage) and the parity error against diffusers' forward.
+getrusage) and the parity error against diffusers' forward, as is and with the original's
+float64 time sinusoid swapped in (diffusers rounds ``t * omega`` to float32).
 """
 
 import argparse
@@ -58,8 +59,11 @@ def main():
   ctx = rng.standard_normal((1, 12, 4096)).astype(np.float32)
   want = reference.diffusers_forward(ref, lat, t, ctx, 512)
   got = np.asarray(model(jnp.asarray(lat), jnp.asarray(t), jnp.asarray(ctx)))
+  # diffusers rounds t * omega to float32; the original Wan (and this port) do not.
+  exact = reference.diffusers_forward(reference.with_exact_time_sinusoid(ref), lat, t, ctx, 512)
   result = dict(input_gib=round(size, 2), convert_seconds=round(t_conv, 1),
                 convert_peak_rss_gib=round(peak_child, 2), parity=_timing.rel_err(got, want),
+                parity_exact_time_sinusoid=_timing.rel_err(got, exact),
                 params=int(sum(np.prod(v.shape) for v in
                                checkpoints.to_numpy_flat(model).values())))
   print(json.dumps(result, indent=1))

@@ -3,36 +3,55 @@
   python -m postcam_jax.train --config configs/ablations.py:render_first --workdir DIR \
     --config.backbone=/models/postcam_init_1p3b --config.data.data_dir=/data/multicam_latents
 
-Schedules: ``one_stage`` (joint from step 0, 17k steps), ``render_first`` (render-only 7k, then
-joint 10k), ``pose_only`` / ``render_only`` (one input for the whole 17k). Variants (the
-backbone must be an ``init-postcam`` directory of the same variant): ``kv_sum`` (wo_kv_concat),
-``separate`` (wo_query_shared), ``baseline_rt_render`` (separate, one stage). Append ``,tiny`` for
-the CPU-sized version on generated scenes (e.g. ``configs/ablations.py:render_first,tiny``).
+The names are the spec's (postcam.md, "Stages, trainable parameters, ablations"):
+
+- schedules of the release model: ``one_stage`` (joint from step 0, 17k steps), ``render_first``
+  (render-only 7k, then joint 10k), ``pose_only`` / ``render_only`` (one input for the whole 17k);
+- variants (the paper's two stages unless said): ``wo_query_shared`` (two separate
+  cross-attentions; alias ``separate``), ``wo_kv_concat`` (two softmaxes; alias ``kv_sum``),
+  ``baseline_rt_render`` (separate, one stage), ``baseline_plucker_render`` (a zero-initialised
+  Plucker embedding added to the target tokens, the render through its own cross-attention, one
+  stage), ``postcam_plucker_render`` (query-shared with Plucker camera tokens).
+
+The backbone must be an ``init-postcam`` directory of the same variant (``--variant separate``,
+``--variant kv_sum``, ``--variant plucker_add``, ``--camera-input plucker``). The Plucker variants
+read the camera as rays per target token, ``postcam_jax.cameras.plucker_tokens(target_w2c,
+intrinsics, latent_shape)`` [B, N, 24], instead of the 11 RT tokens. Append ``,tiny`` for the
+CPU-sized version on generated scenes (e.g. ``configs/ablations.py:render_first,tiny``).
 """
 
 from configs import postcam_1p3b, postcam_tiny
 
+# name -> (stage steps at full size, schedule) for the release model.
 SCHEDULES = {"one_stage": ((17000,), "one_stage"), "render_first": ((7000, 10000), "render_first"),
              "pose_only": ((17000,), "pose_only"), "render_only": ((17000,), "render_only")}
-VARIANTS = {"kv_sum": ("kv_sum", None), "separate": ("separate", None),
-            "baseline_rt_render": ("separate", "one_stage")}
+# name -> (config.model overrides, schedule); None: the paper's two stages (7k pose, 10k joint).
+VARIANTS = {
+    "wo_query_shared": (dict(variant="separate"), None),
+    "wo_kv_concat": (dict(variant="kv_sum"), None),
+    "baseline_rt_render": (dict(variant="separate"), "one_stage"),
+    "baseline_plucker_render": (dict(variant="plucker_add", camera_input="plucker"), "one_stage"),
+    "postcam_plucker_render": (dict(camera_input="plucker"), None),
+}
+ALIASES = {"separate": "wo_query_shared", "kv_sum": "wo_kv_concat"}
+SPEC_NAMES = tuple(SCHEDULES) + tuple(VARIANTS)  # every row of the spec's ablation table
 
 
 def get_config(arg: str | None = None):
   name, _, size = (arg or "").partition(",")
+  name = ALIASES.get(name, name)
   if name not in SCHEDULES and name not in VARIANTS:
-    raise ValueError(f"configs/ablations.py needs one of {sorted(SCHEDULES) + sorted(VARIANTS)} "
+    raise ValueError(f"configs/ablations.py needs one of {sorted(SPEC_NAMES + tuple(ALIASES))} "
                      f"(optionally ',tiny'), got {arg!r}")
   if size not in ("", "tiny"):
     raise ValueError(f"the size after ',' must be 'tiny' or nothing, got {size!r}")
   config = postcam_tiny.get_config() if size == "tiny" else postcam_1p3b.get_config()
   steps_scale = config.stage_steps[0] / 7000  # tiny runs keep the stage proportions
-  schedule = None
   if name in SCHEDULES:
     steps, schedule = SCHEDULES[name]
   else:
-    variant, schedule = VARIANTS[name]
-    config.model.variant = variant
+    overrides, schedule = VARIANTS[name]
+    config.model.update(overrides)
     steps = (17000,) if schedule == "one_stage" else (7000, 10000)
     schedule = schedule or "two_stage"
   config.schedule = schedule

@@ -36,7 +36,11 @@ def loss(**overrides) -> ml_collections.ConfigDict:
 
 def data_arrayrecord(batch_size: int, num_frames: int, height: int, width: int,
                      **overrides) -> ml_collections.ConfigDict:
-  """Prepared latent ArrayRecords (``postcam_jax.data.arrayrecord``); ``data_dir`` required."""
+  """Prepared latent ArrayRecords (``postcam_jax.data.arrayrecord``); ``data_dir`` required.
+
+  ``data_dir`` is one prepared directory holding the training ``split`` and the held-out
+  ``eval_split`` (``PairsConfig(splits=("train", "test"))``, or ``prepare --splits train,test``).
+  """
   fields = dict(
       source="arrayrecord", data_dir=ml_collections.config_dict.placeholder(str),
       split="train", eval_split="test", batch_size=batch_size, num_frames=num_frames,
@@ -63,7 +67,9 @@ def base(**overrides) -> ml_collections.ConfigDict:
   c.seed = 0
   c.mesh = ""                      # e.g. "data=2,fsdp=4"; "" = all devices on fsdp
   c.mesh_devices = 0               # 0: every device; n: the first n (tests, benchmarks)
-  c.backbone = ""                  # a PostCam model dir (init-postcam); "" = random init (seed)
+  # A PostCam model dir (init-postcam); "" = random init (seed), for tiny/demo runs. The
+  # full-size configs replace it by an unset placeholder, which the trainer refuses.
+  c.backbone = ""
   c.init_from = ""                 # a trainer workdir/checkpoint: start the trainable set there
   c.schedule = "two_stage"         # two_stage | one_stage | render_first | pose_only | render_only
   c.stage_steps = (7000, 10000)

@@ -263,12 +263,13 @@ def build_train(req: Request, mesh):
   graphdef, inputs = train.abstract_train_inputs(req.config, mesh, (*req.latent, cfg.in_dim),
                                                  render_shape)
   loss_cfg = losses.LossConfig.from_config(req.config.get("loss", None) or {})
-  # As the training loop calls it: no explicit shardings, jit follows the arguments' (here the
-  # abstract inputs' NamedShardings).
+  accum = int(req.config.optim.accum_steps)
+  # As the training loop calls it: the state's declared shardings pinned for the inputs and the
+  # outputs (here the abstract inputs' NamedShardings), and the accumulation's noise rows.
   step = train.make_train_step(
       graphdef, loss_cfg, camera=camera, render=render_shape is not None,
-      fixed_noise=bool((req.config.get("loss", None) or {}).get("fixed_noise", False)))
-  accum = int(req.config.optim.accum_steps)
+      fixed_noise=bool((req.config.get("loss", None) or {}).get("fixed_noise", False)),
+      shardings=jax.tree.map(lambda x: x.sharding, tuple(inputs)), accum_steps=accum)
   global_batch = int(req.config.data.batch_size)
   n, m = flops.token_counts(cfg, req.latent, render_shape)
   facts = dict(
@@ -456,12 +457,30 @@ def cost_of(compiled) -> dict:
           "kernel_flops": kernel_flops, "kernel_launches": launches}
 
 
+_ZERO_LAYER_COSTS: dict[str, dict] = {}
+
+
+def _zero_layer_key(req: Request) -> str:
+  """What a 0-block step depends on: everything but the remat policy (no block to remat)."""
+  config = with_layers(req.config, 0).to_dict()
+  config["model"].pop("remat", None)
+  fields = {f.name: getattr(req, f.name) for f in dataclasses.fields(req) if f.name != "config"}
+  return json.dumps([config, fields], sort_keys=True, default=str)
+
+
 def layer_extrapolated_cost(req: Request, num_layers: int) -> dict:
-  """c0 + L (c1 - c0) from compiles of the same step with 0 and 1 blocks (blind spot 1)."""
+  """c0 + L (c1 - c0) from compiles of the same step with 0 and 1 blocks (blind spot 1). The
+  0-block cost is shared by the remat policies of a sweep."""
   c = []
   for k in (0, 1):
+    key = _zero_layer_key(req) if k == 0 else None
+    if key is not None and key in _ZERO_LAYER_COSTS:
+      c.append(_ZERO_LAYER_COSTS[key])
+      continue
     lowered, _ = lower_step(req.replace(config=with_layers(req.config, k)))
     c.append(cost_of(lowered.compile()))
+    if key is not None:
+      _ZERO_LAYER_COSTS[key] = c[-1]
   keys = ("flops", "optimal_seconds", "bytes_accessed", "kernel_flops")
   out = {k: c[0][k] + num_layers * (c[1][k] - c[0][k]) for k in keys}
   out["per_layer"] = {k: c[1][k] - c[0][k] for k in keys}

@@ -3,6 +3,7 @@
 Conventions (``../shared/spec/postcam.md``, "Cameras"): poses are 4x4 matrices in OpenCV axes
 (x right, y down, z forward). The model reads the *target's world-to-camera* pose at 11 frames,
 with the world = the source camera at frame 0, as the top 3x4 flattened row-major ([..., 11, 12]).
+The Plucker ablations read rays per target token instead ([..., N, 24], ``plucker_tokens``).
 
 Everything here is plain array maths that works on numpy arrays and, where it says so, on jax
 arrays inside ``jit``/``grad`` (no Python control flow on values), so it is differentiable-safe.
@@ -12,6 +13,9 @@ import numpy as np
 
 NUM_CAMERA_TOKENS = 11  # the release's camera input: 11 poses, one per latent frame
 MODEL_INPUT_FRAMES = 41  # the release resamples every stream to 41 frames
+VAE_FRAMES_PER_LATENT = 4  # Wan-VAE: latent frame 0 <- video frame 0, k >= 1 <- frames 4k-3..4k
+TOKEN_PIXELS = 16  # one latent token covers 16x16 pixels: VAE stride 8 x patch 2
+PLUCKER_WIDTH = 6 * VAE_FRAMES_PER_LATENT  # the Plucker camera input per target token
 
 
 def temporal_indices(num_frames: int, num_out: int) -> np.ndarray:
@@ -225,3 +229,85 @@ def plucker_rays(w2c, intrinsics, height: int, width: int, stride: float = 1.0,
   o = xp.broadcast_to(centre[..., None, None, :], d_world.shape)
   moment = xp.cross(o, d_world)
   return xp.concatenate([moment, d_world], axis=-1)
+
+
+def latent_frame_groups(num_latent_frames: int) -> np.ndarray:
+  """[F, 4]: the model-video frames behind each latent frame, in time order.
+
+  The model's video has ``1 + 4 (F - 1)`` frames. Wan-VAE is causal: latent frame 0 encodes video
+  frame 0 alone (its group repeats frame 0 four times, as Wan's camera-conditioned variants pad
+  it), and latent frame k >= 1 encodes frames 4k-3 .. 4k.
+  """
+  f = int(num_latent_frames)
+  if f < 1:
+    raise ValueError(f"latent_frame_groups needs at least one latent frame, got {f}")
+  first = np.zeros((1, VAE_FRAMES_PER_LATENT), np.int64)
+  rest = (np.arange(1, f)[:, None] * VAE_FRAMES_PER_LATENT
+          + np.arange(1 - VAE_FRAMES_PER_LATENT, 1)[None, :])
+  return np.concatenate([first, rest.astype(np.int64)], axis=0)
+
+
+def plucker_tokens(w2c, intrinsics, latent_shape):
+  """The model's Plucker camera input (``camera_input='plucker'``): [..., N, 24].
+
+  Args:
+    w2c: [..., T, 4, 4] (or [..., T, 3, 4]) world-to-camera poses of the target at the clip's T
+      frames, the project's convention (world = the source camera at frame 0, OpenCV axes).
+    intrinsics: K in pixel units of the model's video frames (8 h x 8 w pixels): [3, 3], one per
+      clip [..., 3, 3], or one per clip frame [..., T, 3, 3] (``...`` = the poses' leading dims).
+    latent_shape: (F, h, w) of the target latent (e.g. (11, 60, 104)).
+
+  Returns:
+    [..., N, 24] with N = F * (h // 2) * (w // 2), one row per target token in the order of the
+    model's target half ((f, i, j) row-major, j fastest; the patch conv floors odd h, w). Row
+    values, frame-major: the 6-D ray (o x d, d) of the token's pixel centre for each of the 4
+    frames the latent frame covers, in time order.
+
+  How frames are chosen. The model's video has ``T_m = 1 + 4 (F - 1)`` frames (41 at F = 11),
+  taken from the clip's T frames by ``temporal_indices(T, T_m)``, the release's rule for every
+  stream (identity when T == T_m). Latent frame k covers model frames ``latent_frame_groups(F)[k]``:
+  4k-3 .. 4k for k >= 1, and frame 0 four times for k = 0 (Wan-VAE's first latent frame encodes
+  one frame). The last frame of group k is model frame 4k, the frame whose pose is the k-th RT
+  camera token, so both camera representations describe the same poses at T = 41 and 81.
+
+  Pixel centres. Integer pixel coordinates are pixel centres (the release's warper, and
+  ``pixel_grid``); token (i, j) covers pixels [16 i, 16 i + 16) x [16 j, 16 j + 16), so its centre
+  is (u, v) = (16 j + 7.5, 16 i + 7.5). Rays are ``plucker_rays``': d the unit direction of
+  R^T K^-1 [u, v, 1] and o = -R^T t the camera centre, both in the world frame.
+
+  Works on numpy arrays (float64 stays float64) and on jax arrays inside ``jit``/``grad``: frame
+  selection uses static indices and nothing branches on values.
+  """
+  shape = tuple(w2c.shape)
+  if len(shape) < 3 or shape[-2:] not in ((4, 4), (3, 4)):
+    raise ValueError(f"w2c must be [..., T, 4, 4] or [..., T, 3, 4] world-to-camera poses of the "
+                     f"clip's frames; got shape {shape}")
+  f, h, w = (int(v) for v in latent_shape)
+  th, tw = h // 2, w // 2
+  if f < 1 or th < 1 or tw < 1:
+    raise ValueError(f"latent_shape (F, h, w) must have F >= 1 and h, w >= 2 (one token is a 2x2 "
+                     f"patch of latents); got {tuple(latent_shape)}")
+  num_frames = shape[-3]
+  model_frames = 1 + VAE_FRAMES_PER_LATENT * (f - 1)
+  picked = temporal_indices(num_frames, model_frames)[latent_frame_groups(f).reshape(-1)]
+  xp = _xp(w2c)
+  k = intrinsics if hasattr(intrinsics, "shape") else np.asarray(intrinsics)
+  kshape = tuple(k.shape)
+  if kshape[-2:] != (3, 3):
+    raise ValueError(f"intrinsics must be [3, 3], [..., 3, 3] (one per clip) or [..., T, 3, 3] "
+                     f"(one per frame); got shape {kshape}")
+  if len(kshape) == len(shape):  # one K per clip frame: resampled like the poses
+    if kshape[-3] != num_frames:
+      raise ValueError(f"per-frame intrinsics {kshape} must have the poses' T={num_frames} frames")
+    k = k[..., picked, :, :]
+  elif len(kshape) == len(shape) - 1:  # one K per clip
+    k = k[..., None, :, :]
+  elif len(kshape) != 2:
+    raise ValueError(f"intrinsics {kshape} do not broadcast against poses {shape}: give [3, 3], "
+                     f"[..., 3, 3] or [..., T, 3, 3]")
+  rays = plucker_rays(w2c[..., picked, :, :], k, th, tw, stride=float(TOKEN_PIXELS),
+                      offset=(TOKEN_PIXELS - 1) / 2)
+  lead = rays.shape[:-4]
+  rays = rays.reshape(lead + (f, VAE_FRAMES_PER_LATENT, th, tw, 6))
+  rays = xp.moveaxis(rays, -4, -2)  # [..., F, 4, h', w', 6] -> [..., F, h', w', 4, 6]
+  return rays.reshape(lead + (f * th * tw, PLUCKER_WIDTH))

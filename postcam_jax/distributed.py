@@ -2,8 +2,10 @@
 
 Call :func:`initialize` once, before anything touches a device. Sources, first match wins:
 
-1. explicit ``coordinator_address`` / ``num_processes`` / ``process_id`` (the ``--coordinator``,
-   ``--num-processes``, ``--process-id`` flags of :func:`add_arguments`);
+1. explicit ``coordinator_address`` / ``num_processes`` / ``process_id``: the ``--coordinator``,
+   ``--num-processes``, ``--process-id`` flags of :func:`add_arguments` (``postcam_jax.sample``)
+   or ``--coordinator``, ``--num_processes``, ``--process_id`` of the trainer
+   (``postcam_jax.main``); all three are needed;
 2. ``POSTCAM_COORDINATOR`` / ``POSTCAM_NUM_PROCESSES`` / ``POSTCAM_PROCESS_ID`` (set by
    ``launch/local.py``, or by hand);
 3. ``POSTCAM_DISTRIBUTED=auto`` (exported by ``launch/tpu_pod.sh`` and
@@ -11,6 +13,9 @@ Call :func:`initialize` once, before anything touches a device. Sources, first m
    worker list has several hosts: ``jax.distributed.initialize()`` with no arguments, which reads
    the cluster's own metadata (TPU metadata server, SLURM variables);
 4. otherwise a single process: nothing to do. ``POSTCAM_DISTRIBUTED=off`` forces this.
+
+Other launchers' variables (``JAX_COORDINATOR_ADDRESS``, Open MPI's, ...) are not read here: set
+``POSTCAM_DISTRIBUTED=auto`` to hand the start to ``jax.distributed.initialize()``'s own detection.
 
 On CPU the cross-process collectives need an implementation (gloo); it is selected here.
 """
@@ -27,16 +32,23 @@ ENV_PROCESS_ID = "POSTCAM_PROCESS_ID"
 ENV_LOCAL_DEVICE_IDS = "POSTCAM_LOCAL_DEVICE_IDS"
 ENV_MODE = "POSTCAM_DISTRIBUTED"  # auto | off
 
+# Help of the explicit flags, shared by the argparse CLIs and the absl trainer.
+FLAG_HELP = {
+    "coordinator": "host:port of process 0's coordinator (explicit multi-host start; with the "
+                   "process count and id)",
+    "num_processes": "total process count (explicit multi-host start)",
+    "process_id": "this process's index in [0, count) (explicit multi-host start)",
+}
+
 _initialized = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-  """The explicit multi-host flags."""
-  group = parser.add_argument_group("multi-host")
-  group.add_argument("--coordinator", default=None,
-                     help="host:port of process 0's coordinator (explicit multi-host start)")
-  group.add_argument("--num-processes", type=int, default=None, help="total process count")
-  group.add_argument("--process-id", type=int, default=None, help="this process's index")
+  """The explicit multi-host flags (``--coordinator``, ``--num-processes``, ``--process-id``)."""
+  group = parser.add_argument_group("multi-host (see postcam_jax.distributed)")
+  group.add_argument("--coordinator", default=None, help=FLAG_HELP["coordinator"])
+  group.add_argument("--num-processes", type=int, default=None, help=FLAG_HELP["num_processes"])
+  group.add_argument("--process-id", type=int, default=None, help=FLAG_HELP["process_id"])
   return parser
 
 
@@ -113,12 +125,17 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   plan = detect(None, coordinator_address, num_processes, process_id)
   if plan is None:
     return False
+  _start(plan)
+  _initialized = True
+  return True
+
+
+def _start(plan: dict) -> None:
+  """Join the distributed runtime as ``plan`` (from :func:`detect`) says."""
   # Cross-process collectives between CPU devices (the local launcher, tests) go through gloo;
   # the setting only concerns the CPU client.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**plan["kwargs"])
-  _initialized = True
-  return True
 
 
 def initialize_from_args(args: argparse.Namespace) -> bool:

@@ -48,7 +48,9 @@ def postcam_terms(cfg, latent_shape, render_shape=None, camera: bool = True) -> 
   d, dff, layers = cfg.dim, cfg.ffn_dim, cfg.num_layers
   n, m = token_counts(cfg, latent_shape, render_shape)
   l_text = cfg.text_len
-  c = 11 if camera else 0
+  # Camera tokens: the 11 RT tokens, or one Plucker token per target token (cfg.plucker). The
+  # terms follow the query-shared layout; the ablations' other layouts cost about the same.
+  c = (n if getattr(cfg, "plucker", False) else 11) if camera else 0
   patch = cfg.in_dim * math.prod(cfg.patch_size)
   terms = [
       _linear("patch_embedding", 2 * n + m, patch, d, dgrad=False),

@@ -12,9 +12,13 @@ Depth sources:
   grayscale q, ``metadata.txt`` "min max" (depth = q / 65535 (max - min) + min), ``extrinsics.txt``
   one world-to-camera 3x4 Python literal per line, ``intrinsics.txt`` one 3x3 literal (pixel units
   of the depth maps). The depth maps cover the whole video frame (stretched).
-- an ``.npz`` with ``depth`` [N, h, w] float z-depth, ``intrinsics`` [3, 3] (pixel units of the
-  depth maps; [N, 3, 3] is accepted, frame 0 is used as the release does) and ``extrinsics``
-  [N, 3, 4] or [N, 4, 4] world-to-camera poses.
+- an ``.npz`` with ``depth`` [N, h, w] (or [N, 1, h, w]) float z-depth along the optical axis,
+  ``intrinsics`` [3, 3] (pixel units of the depth maps; [N, 3, 3] is accepted, frame 0 is used as
+  the release does) and ``extrinsics`` [N, 3, 4] or [N, 4, 4] world-to-camera source poses in
+  OpenCV axes (x right, y down, z forward) and the depth's units, in any world: they are made
+  relative to frame 0 (E_i inv(E_0)) as the release does. The synthetic generator's
+  ``depth/camXX.npz`` (``postcam_jax.data.synthetic``) is such a file, with exact depth in metres
+  and poses already relative to frame 0.
 
 Depth maps must be 480x832 (the release's depth step) or the video's own size, and there must be at
 least one depth map and one pose per video frame (extra ones are ignored, as the release does).
@@ -270,7 +274,9 @@ def read_depth_npz(path: str) -> DepthSequence:
     missing = [k for k in ("depth", "intrinsics", "extrinsics") if k not in data]
     if missing:
       raise InputError(f"{path}: missing keys {missing}; expected depth [N, h, w], intrinsics "
-                       f"[3, 3] and extrinsics [N, 3, 4] or [N, 4, 4] (world-to-camera)")
+                       f"[3, 3] and extrinsics [N, 3, 4] or [N, 4, 4] (world-to-camera, OpenCV "
+                       f"axes); a synthetic scene written before its depth files carried the "
+                       f"camera needs regenerating (python -m postcam_jax.data.synthetic)")
     depth = np.asarray(data["depth"], np.float32)
     k = np.asarray(data["intrinsics"], np.float32)
     w2c = np.asarray(data["extrinsics"], np.float32)

@@ -115,17 +115,36 @@ def model_inputs(batch: Mapping[str, jax.Array], *, camera: bool, render: bool,
               camera=cam, render_latents=batch["render_latent"] if render else None)
 
 
+def draw_noise(key, shape, cfg: LossConfig, micro: tuple | None = None):
+  """(sigma [B], weight [B], noise [B, ...]) of a batch of ``shape`` from ``key``.
+
+  ``micro = (index, count)``: the batch is micro-batch ``index`` (may be traced) of ``count``
+  equal parts of a whole batch (gradient accumulation); its rows are then exactly those the
+  whole batch draws from ``key`` (drawn whole, then sliced), so accumulating over micro-batches
+  sees the noise of one step on the whole batch.
+  """
+  b = shape[0]
+  total = b * (micro[1] if micro else 1)
+  t_key, n_key = jax.random.split(key)
+  sigma, weights = sample_sigmas(t_key, total, cfg)
+  noise = jax.random.normal(n_key, (total, *shape[1:]), jnp.float32)
+  if micro and micro[1] > 1:
+    start = micro[0] * b
+    sigma, weights, noise = (jax.lax.dynamic_slice_in_dim(x, start, b, axis=0)
+                             for x in (sigma, weights, noise))
+  return sigma, weights, noise
+
+
 def flow_matching_loss(model, batch, key, cfg: LossConfig, *, camera: bool = True,
-                       render: bool = True):
+                       render: bool = True, micro: tuple | None = None):
   """The training loss of one batch: (scalar loss, {"sigma_mean": ...}).
 
   ``batch`` holds ``target_latent`` (x0), ``source_latent``, ``text_embedding``, ``camera`` and,
-  when ``render``, ``render_latent``. ``key`` draws the timesteps and the noise.
+  when ``render``, ``render_latent``. ``key`` draws the timesteps and the noise; ``micro``: see
+  :func:`draw_noise`.
   """
   x0 = batch["target_latent"].astype(jnp.float32)
-  t_key, n_key = jax.random.split(key)
-  sigma, weights = sample_sigmas(t_key, x0.shape[0], cfg)
-  noise = jax.random.normal(n_key, x0.shape, jnp.float32)
+  sigma, weights, noise = draw_noise(key, x0.shape, cfg, micro)
   x_s, target = noisy_latents(x0, noise, sigma)
   pred = model(x_s, sigma * 1000.0, **model_inputs(batch, camera=camera, render=render))
   return weighted_mse(pred, target, weights), {"sigma_mean": jnp.mean(sigma)}

@@ -1,46 +1,49 @@
-"""The training entry point (absl app): flags, multi-process init, then ``train_and_evaluate``.
+"""The training entry point (absl app): flags, multi-process start-up, then ``train_and_evaluate``.
 
-  python -m postcam_jax.train --config configs/postcam_1p3b.py --workdir DIR [--config.x=y]
+  python -m postcam_jax.main --config configs/postcam_1p3b.py --workdir DIR [--config.x=y] \\
+      [--coordinator HOST:PORT --num_processes N --process_id I]
 
-The config file is loaded locked (``--config.x=y`` may change values, not add fields). With
-several processes (a TPU pod, or ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES`` set by a
-launcher) ``jax.distributed.initialize()`` runs first, before anything touches a device.
+The config file is loaded locked (``--config.x=y`` may change values, not add fields). Before
+anything touches a device, ``postcam_jax.distributed`` decides whether this process is one of
+several, first match wins: the explicit ``--coordinator``/``--num_processes``/``--process_id``
+flags (all three); ``POSTCAM_COORDINATOR``/``POSTCAM_NUM_PROCESSES``/``POSTCAM_PROCESS_ID``
+(``launch/local.py``); ``POSTCAM_DISTRIBUTED=auto`` (``launch/tpu_pod.sh``,
+``launch/slurm_gpu.sbatch``), a SLURM step with several tasks or a TPU slice with several hosts
+(``jax.distributed.initialize()`` reads the cluster's metadata); otherwise one process.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from postcam_jax import distributed
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, distributed.FLAG_HELP["coordinator"])
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      distributed.FLAG_HELP["num_processes"])
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, distributed.FLAG_HELP["process_id"])
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Environment variables under which a process is one of several (what launchers set).
-_MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
-                      "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
+def initialize_distributed() -> bool:
+  """``distributed.initialize`` with this app's flags; True if this is one of several processes.
 
-def maybe_initialize_distributed():
-  """``jax.distributed.initialize()`` when this process is one of several; else nothing."""
+  A flag set that cannot work (e.g. a coordinator without a process id) is a usage error.
+  """
   try:
-    from postcam_jax import distributed  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    distributed = None
-  if distributed is not None and hasattr(distributed, "initialize"):
-    distributed.initialize()
-    return
-  import jax  # pylint: disable=import-outside-toplevel
-  if any(os.environ.get(k) for k in _MULTI_PROCESS_ENV):
-    jax.distributed.initialize()
+    return distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
 
 
 def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  maybe_initialize_distributed()
+  initialize_distributed()
   import jax  # pylint: disable=import-outside-toplevel
   from postcam_jax import train  # pylint: disable=import-outside-toplevel
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),

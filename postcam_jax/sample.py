@@ -5,9 +5,19 @@
 
 Per (video, trajectory) it writes ``<stem>_source_video.mp4``, ``<stem>_render_video.mp4``,
 ``<stem>_pred_video.mp4`` (41 frames, 15 fps, pixels trunc(clip((x + 1) 127.5))) and
-``<stem>_contact_sheet.png`` (rows: source, render, prediction). With several ``--trajectory``
-values each trajectory's files go to ``OUT/results_<checkpoint>_<trajectory>/`` (the release's
-folder name); with one, straight into OUT.
+``<stem>_contact_sheet.png`` (rows: source, render, prediction); ``--save-arrays`` adds
+``<stem>_arrays.npz`` (float32 ``pred`` [41, H, W, 3] in [-1, 1], ``pred_latent`` [F, h, w, 16],
+``render`` [41, H, W, 3], bool ``holes`` [41, H, W]: the numbers behind the mp4s). With several
+``--trajectory`` values each trajectory's files go to ``OUT/results_<checkpoint>_<trajectory>/``
+(the release's folder name); with one, straight into OUT.
+
+Depth (``--depth``, one per video): a folder in the release's layout (``depth/NNNNNN.png`` 16-bit,
+``metadata.txt``, ``extrinsics.txt``, ``intrinsics.txt``: what its depth step writes), or an
+``.npz`` with ``depth`` [N, h, w] z-depth, ``intrinsics`` [3, 3] in depth-map pixels and
+``extrinsics`` [N, 3, 4] or [N, 4, 4] world-to-camera source poses in OpenCV axes (any world: they
+are made relative to frame 0, E_i inv(E_0), as the release does); see ``postcam_jax.inputs``. A
+scene of the synthetic generator (``postcam_jax.data.synthetic``) carries exact depth in that
+schema: ``--video SCENE/videos/cam01.mp4 --depth SCENE/depth/cam01.npz``.
 
 Pipeline (``postcam-release-inputs.md`` §2, §4, §11): video + depth + trajectory ->
 ``postcam_jax.inputs.load_release_inputs`` (41 frames resized to cover and centre-cropped, K,
@@ -21,7 +31,11 @@ is moved into place only when every video is done: a failure prints one message 
 output file. Several videos/trajectories reuse one compiled denoising step (same shapes).
 ``--mesh data=2,fsdp=4`` shards the DiT and the CFG batch over the devices
 (``postcam_jax.sharding``); without it everything runs on one device. The same command runs on
-CPU, GPU or TPU; on several hosts, process 0 writes the files.
+CPU, GPU or TPU. On several hosts (a pod slice) the same command runs on every host: the
+multi-host start-up of ``postcam_jax.distributed`` (``--coordinator``/``--num-processes``/
+``--process-id``, the ``POSTCAM_*`` variables of ``launch/local.py``, or the cluster's own
+metadata under ``launch/tpu_pod.sh`` / ``launch/slurm_gpu.sbatch``) runs first, the mesh spans
+every host's devices, and process 0 writes the files.
 
 ``--prompt-embeds FILE.npz`` replaces the text encoder: ``context`` [L, text_dim] (or
 [1, L, text_dim]) and optionally ``negative_context`` (otherwise the negative prompt is encoded
@@ -40,7 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from postcam_jax import checkpoints, inputs, render, sampling, sharding, trajectories, video
+from postcam_jax import (checkpoints, distributed, inputs, render, sampling, sharding,
+                         trajectories, video)
 from postcam_jax.convert.t5 import load_text_encoder
 from postcam_jax.convert.vae import load_vae
 
@@ -71,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--video", required=True, nargs="+", help="source mp4(s)")
   p.add_argument("--depth", nargs="+", default=None,
                  help="per video: a depth folder in the release's layout (depth/*.png, "
-                      "metadata.txt, extrinsics.txt, intrinsics.txt) or a .npz")
+                      "metadata.txt, extrinsics.txt, intrinsics.txt) or a .npz (depth [N, h, "
+                      "w], intrinsics [3, 3], extrinsics [N, 3|4, 4] world-to-camera, OpenCV; "
+                      "a synthetic scene's depth/camXX.npz)")
   p.add_argument("--trajectory", required=True, nargs="+",
                  help="y_left_30 (any shipped name), a basic name (arc_left, ...), file.txt, "
                       "poses.json, or camera_extrinsics.json:INDEX")
@@ -97,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--decode-tile", type=int, default=None,
                  help="decode in overlapping spatial tiles of this many latent pixels")
   p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+  p.add_argument("--save-arrays", action="store_true",
+                 help="also write <stem>_arrays.npz: pred, pred_latent, render (float32), "
+                      "holes (bool)")
+  distributed.add_arguments(p)
   return p
 
 
@@ -123,7 +144,8 @@ def validate(args) -> tuple[list[tuple[str, str | None]], list[str]]:
     raise SampleError("missing depth: provide --depth DIR in the release's layout (depth/*.png "
                       "16-bit, metadata.txt, extrinsics.txt, intrinsics.txt, as its depth step "
                       "writes) or --depth file.npz (depth [N, H, W], intrinsics [3, 3], "
-                      "extrinsics [N, 3, 4] world-to-camera)")
+                      "extrinsics [N, 3, 4] world-to-camera, OpenCV axes; a synthetic scene's "
+                      "depth/camXX.npz is one)")
   if len(args.depth) != len(args.video):
     raise SampleError(f"--depth needs one entry per --video: {len(args.video)} videos, "
                       f"{len(args.depth)} depth entries")
@@ -255,11 +277,12 @@ class Pipeline:
     return self.vae.encode(clip.astype(self.vae.dtype))
 
   def run(self, pair, context, negative, progress=None):
-    """One sample: returns uint8 (source, render, prediction) videos [T, H, W, 3]."""
+    """One sample: uint8 (source, render, prediction) videos [T, H, W, 3], and the numbers behind
+    them as host arrays (``pred``, ``pred_latent``, ``render`` float32, ``holes`` bool)."""
     args = self.args
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-      warped, _ = render.forward_warp(pair.frames, pair.depth, pair.source_w2c, pair.target_w2c,
-                                      pair.intrinsics)
+      warped, holes = render.forward_warp(pair.frames, pair.depth, pair.source_w2c,
+                                          pair.target_w2c, pair.intrinsics)
       source_latents = self.encode_video(pair.frames)
       render_latents = self.encode_video(render.downsample4x(warped))
       noise = sampling.make_noise(args.seed, source_latents.shape)
@@ -269,16 +292,21 @@ class Pipeline:
           num_steps=args.steps, guidance_scale=args.guidance, shift=args.shift,
           solver=args.solver, progress=progress)
       decoded = self.vae.decode(latent.astype(self.vae.dtype), tile=args.decode_tile)
-    source = np.asarray(jnp.asarray(pair.frames).astype(jnp.bfloat16).astype(jnp.float32))
-    return to_uint8(source), to_uint8(warped), to_uint8(_host(decoded)[0])
+    arrays = {"pred": _host(decoded)[0], "pred_latent": _host(latent)[0],
+              "render": _host(warped), "holes": _host(holes, bool)}
+    source = np.asarray(pair.frames, np.float32).astype(jnp.bfloat16).astype(np.float32)
+    videos = (to_uint8(source), to_uint8(arrays["render"]), to_uint8(arrays["pred"]))
+    return videos, arrays
 
 
-def _host(x) -> np.ndarray:
+def _host(x, dtype=np.float32) -> np.ndarray:
   """A (possibly sharded, possibly multi-host) array as one host numpy array."""
-  if jax.process_count() > 1:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0), dtype)
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True), np.float32)
-  return np.asarray(x, np.float32)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True), dtype)
+  return np.asarray(x, dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,14 +321,17 @@ def output_folder(args, trajectory: str) -> str:
   return f"results_{ckpt}_{stem}{suffix}"
 
 
-def write_outputs(folder, stem, source, rendered, predicted):
-  """The three mp4s (15 fps, the release's crf) and the contact sheet of one sample."""
+def write_outputs(folder, stem, source, rendered, predicted, arrays=None):
+  """The three mp4s (15 fps, the release's crf) and the contact sheet of one sample; with
+  ``arrays``, also ``<stem>_arrays.npz``."""
   os.makedirs(folder, exist_ok=True)
   for name, frames in (("source", source), ("render", rendered), ("pred", predicted)):
     video.write_video(os.path.join(folder, f"{stem}_{name}_video.mp4"), frames, fps=OUTPUT_FPS,
                       crf=OUTPUT_CRF)
   sheet = contact_sheet([source, rendered, predicted])
   Image.fromarray(sheet).save(os.path.join(folder, f"{stem}_contact_sheet.png"))
+  if arrays is not None:
+    np.savez(os.path.join(folder, f"{stem}_arrays.npz"), **arrays)
 
 
 def publish(staging: str, out: str):
@@ -341,13 +372,14 @@ def run(args) -> list[str]:
                                                          trajectory)
         first = None
         bar = _progress(args, f"{pair.name} {pair.trajectory}")
-        result = pipe.run(pair, ctx, negative if guided else None,
-                          progress=(lambda i, b=bar: b.update(1)) if bar is not None else None)
+        videos, arrays = pipe.run(
+            pair, ctx, negative if guided else None,
+            progress=(lambda i, b=bar: b.update(1)) if bar is not None else None)
         if bar is not None:
           bar.close()
         if jax.process_index() == 0:  # multi-host: one process writes
           write_outputs(os.path.join(staging, output_folder(args, trajectory)), pair.name,
-                        *result)
+                        *videos, arrays=arrays if args.save_arrays else None)
     written = [os.path.join(args.out, os.path.relpath(os.path.join(r, f), staging))
                for r, _, fs in os.walk(staging) for f in fs]
     publish(staging, args.out)
@@ -357,15 +389,20 @@ def run(args) -> list[str]:
 
 
 def _progress(args, description):
+  """The progress bar, or None with --no-progress. Every process of a multi-host run must take
+  the same (per-step) sampling path, so each gets a bar; only process 0's is shown."""
   if args.no_progress:
     return None
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  return tqdm(total=args.steps, desc=description, unit="step", file=sys.stderr)
+  return tqdm(total=args.steps, desc=description, unit="step", file=sys.stderr,
+              disable=jax.process_index() != 0)
 
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   try:
+    # Multi-host start-up first: nothing may touch a device before it.
+    distributed.initialize_from_args(args)
     written = run(args)
   except (SampleError, inputs.InputError, video.VideoReadError, FileNotFoundError,
           ValueError) as e:

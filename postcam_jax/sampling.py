@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from postcam_jax import sharding
 
@@ -310,11 +311,36 @@ def _run_steps(graphdef, state, carry, conds, guidance_scale, tables, *, solver,
   return jax.lax.fori_loop(first, first + count, step, carry)
 
 
+# Every carried latent [B, F, H, W, C] is laid out like the model's batch.
+CARRY_AXES = ("batch", None, None, None, None)
+
+
+def _constrain_carry(carry):
+  return tuple(sharding.constrain(c, CARRY_AXES) for c in carry)
+
+
+def place_carry(carry, state):
+  """Commit the initial carry where :func:`_run_one_step` leaves its output: on the mesh with
+  ``CARRY_AXES`` under a mesh context, else on the model's device. The first step then sees the
+  same argument shardings as every later one and shares their compiled program (an uncommitted
+  first carry would compile the step twice)."""
+  mesh = jax.sharding.get_mesh()
+  if mesh is not None and not mesh.empty:
+    shardings = tuple(NamedSharding(mesh, sharding.fit_spec(sharding.logical_to_spec(CARRY_AXES),
+                                                             c.shape, mesh)) for c in carry)
+    return tuple(sharding.put_global(list(carry), list(shardings)))
+  devices = {d for leaf in jax.tree.leaves(state) for d in leaf.devices()}
+  if len(devices) != 1:  # parameters sharded without a mesh context: XLA places the carry
+    return carry
+  return jax.device_put(carry, devices.pop())
+
+
 @jax.jit(static_argnames=("graphdef", "solver", "guided"))
 def _run_one_step(graphdef, state, carry, conds, guidance_scale, tables, i, *, solver, guided):
-  """One step with a traced index: one compile serves every step of every video."""
+  """One step with a traced index: one compile serves every step of every video (with the
+  carry placed by :func:`place_carry`)."""
   model = nnx.merge(graphdef, state)
-  return _BODIES[solver](model, i, carry, conds, guidance_scale, guided, tables)
+  return _constrain_carry(_BODIES[solver](model, i, carry, conds, guidance_scale, guided, tables))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,6 +393,7 @@ class Sampler:
       carry = _run_steps(self.graphdef, self.state, carry, conds, g, tables, solver=solver,
                          guided=guided, first=0, count=int(num_steps))
     else:
+      carry = place_carry(carry, self.state)
       for i in range(int(num_steps)):
         carry = _run_one_step(self.graphdef, self.state, carry, conds, g, tables, jnp.int32(i),
                               solver=solver, guided=guided)

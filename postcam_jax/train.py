@@ -27,7 +27,8 @@ import optax
 from absl import logging
 from flax import nnx
 
-from postcam_jax import checkpointing, checkpoints, flops, losses, metrics, sharding, train_data
+from postcam_jax import (cameras, checkpointing, checkpoints, flops, losses, metrics, sharding,
+                         train_data)
 from postcam_jax.models.postcam import PostCamConfig, PostCamModel, frozen, trainable
 
 # stage kind -> (camera, render) inputs of the model.
@@ -124,37 +125,81 @@ def split_train_state(model, optimizer):
   return nnx.split((model, optimizer), trainable, frozen, ...)
 
 
-@functools.lru_cache(maxsize=16)
 def make_train_step(graphdef, loss_cfg: losses.LossConfig, *, camera: bool, render: bool,
-                    fixed_noise: bool = False, shardings=None):
+                    fixed_noise: bool = False, shardings=None, accum_steps: int = 1):
   """The jitted micro-step ``(params, opt, frozen, rng, batch) -> (params, opt, metrics)``.
 
   ``params``/``opt`` are donated. ``rng`` is the run's base key data; the step's key is
-  ``fold_in(rng, optimizer step)``, so a resumed run draws the same noise (``fixed_noise``: the
-  same timesteps and noise at every step, for overfit checks). ``shardings``: the
-  (params, opt, frozen, rng, batch) input shardings (outputs keep params/opt layouts); None lets
-  jit follow the arguments'.
+  ``fold_in(rng, optimizer updates so far)``, so a resumed run draws the same noise
+  (``fixed_noise``: the same timesteps and noise at every step, for overfit checks). With
+  ``accum_steps`` > 1 (``optim.accum_steps``, an ``optax.MultiSteps`` optimizer) the batch is one
+  of that many micro-batches of an update and gets its rows of the whole batch's draws
+  (``losses.draw_noise``): accumulation then computes the update of the whole batch, up to float
+  rounding. ``shardings``: the
+  (params, opt, frozen, rng, batch) input shardings, and params/opt leave the step in the same
+  layouts (the loop passes the state's own, so the parameters keep their declared shardings
+  step after step and one executable serves the run); None lets jit follow the arguments' (a
+  cached jit per graphdef and stage). The metrics include ``state_finite``: whether the updated
+  trainable parameters and optimizer state are free of NaN/Inf (the loop never checkpoints a
+  state without).
   """
+  if shardings is not None:  # a hashable form, so runs of one process share the compile
+    leaves, treedef = jax.tree.flatten(tuple(shardings))
+    shardings = (tuple(leaves), treedef)
+  return _cached_train_step(graphdef, loss_cfg, camera, render, fixed_noise, int(accum_steps),
+                            shardings)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_train_step(graphdef, loss_cfg, camera, render, fixed_noise, accum_steps,
+                       flat_shardings):
+  fn = _train_step_fn(graphdef, loss_cfg, camera, render, fixed_noise, accum_steps)
+  if flat_shardings is None:
+    return jax.jit(fn, donate_argnums=(0, 1))
+  shardings = jax.tree.unflatten(flat_shardings[1], flat_shardings[0])
+  return jax.jit(fn, donate_argnums=(0, 1), in_shardings=shardings,
+                 out_shardings=(shardings[0], shardings[1], None))
+
+
+def _train_step_fn(graphdef, loss_cfg, camera, render, fixed_noise, accum_steps):
+  """The un-jitted step of :func:`make_train_step`."""
 
   def step(params, opt, frozen_params, rng, batch):
     model, optimizer = nnx.merge(graphdef, params, frozen_params, opt)
+    update_count, micro_index = _update_position(optimizer)
     key = jax.random.wrap_key_data(rng)
     if not fixed_noise:
-      key = jax.random.fold_in(key, optimizer.step[...])
+      key = jax.random.fold_in(key, update_count)
+    micro = (micro_index, accum_steps) if accum_steps > 1 else None
 
     def loss_fn(m):
-      return losses.flow_matching_loss(m, batch, key, loss_cfg, camera=camera, render=render)
+      return losses.flow_matching_loss(m, batch, key, loss_cfg, camera=camera, render=render,
+                                       micro=micro)
 
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable), has_aux=True)
     (loss, aux), grads = grad_fn(model)
     optimizer.update(model, grads)
     _, params, _, opt = split_train_state(model, optimizer)
-    return params, opt, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    return params, opt, {"loss": loss, "grad_norm": optax.global_norm(grads),
+                         "state_finite": all_finite((params, opt)), **aux}
 
-  kw = {}
-  if shardings is not None:
-    kw = dict(in_shardings=shardings, out_shardings=(shardings[0], shardings[1], None))
-  return jax.jit(step, donate_argnums=(0, 1), **kw)
+  return step
+
+
+def _update_position(optimizer):
+  """(optimizer updates applied so far, index of this micro-batch in the accumulated batch)."""
+  opt_state = optimizer.opt_state
+  if isinstance(opt_state, optax.MultiStepsState):
+    return opt_state.gradient_step[...], opt_state.mini_step[...]
+  return optimizer.step[...], 0
+
+
+def all_finite(tree) -> jax.Array:
+  """A scalar bool: every floating-point leaf of ``tree`` (an nnx State or pytree) is finite."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  if not leaves:
+    return jnp.bool_(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 @functools.lru_cache(maxsize=16)
@@ -172,7 +217,9 @@ def make_eval_step(graphdef, sigmas, *, camera: bool, render: bool, zero_camera:
 
 def abstract_train_inputs(config, mesh, latent_shape, render_shape=None):
   """ShapeDtypeStructs (with shardings) of every input of the train step, nothing allocated:
-  what an AOT planner passes to ``make_train_step(...).lower``. Returns (graphdef, inputs)."""
+  what an AOT planner passes to ``make_train_step(...).lower``. Returns (graphdef, inputs). The
+  batch's camera is the model's representation (:func:`camera_shape`): [B, 11, 12], or
+  [B, N, 24] for a Plucker model with N the target tokens of ``latent_shape``."""
   cfg = model_config(config)
   tx, _ = make_optimizer(config)
 
@@ -200,6 +247,17 @@ def _abstract(state, mesh):
   return out
 
 
+def camera_shape(cfg: PostCamConfig, batch: int, latent_shape) -> tuple[int, int, int]:
+  """The batch's ``camera`` shape for the model ``cfg`` and target latents (F, h, w, ...):
+  [B, 11, 12], the RT tokens, or, for a Plucker model (``cfg.plucker``), [B, N, 24], one row
+  per target token, N = F (h // 2) (w // 2) (``cameras.plucker_tokens``)."""
+  if not cfg.plucker:
+    return (batch, cameras.NUM_CAMERA_TOKENS, cfg.camera_width)
+  f, h, w = (int(v) for v in latent_shape[:3])
+  _, ph, pw = cfg.patch_size
+  return (batch, f * (h // ph) * (w // pw), cfg.camera_width)
+
+
 def _abstract_batch(cfg, config, micro, latent_shape, render_shape, mesh):
   bs = batch_sharding(mesh, micro)
   f32 = jnp.float32
@@ -207,7 +265,8 @@ def _abstract_batch(cfg, config, micro, latent_shape, render_shape, mesh):
          "source_latent": jax.ShapeDtypeStruct((micro, *latent_shape), f32, sharding=bs),
          "text_embedding": jax.ShapeDtypeStruct((micro, config.data.text_len, cfg.text_dim), f32,
                                                 sharding=bs),
-         "camera": jax.ShapeDtypeStruct((micro, 11, cfg.camera_width), f32, sharding=bs)}
+         "camera": jax.ShapeDtypeStruct(camera_shape(cfg, micro, latent_shape), f32,
+                                        sharding=bs)}
   if render_shape is not None:
     out["render_latent"] = jax.ShapeDtypeStruct((micro, *render_shape), f32, sharding=bs)
   return out
@@ -251,11 +310,25 @@ def _jitted_init(cfg: PostCamConfig, mesh):
   return jax.jit(create, out_shardings=shardings), graphdef, abstract_state
 
 
+def backbone_of(config) -> str:
+  """``config.backbone``: a PostCam model directory, or "" for random weights (tiny and demo
+  configs). The full-size configs leave it unset (None), which is an error: training PostCam from
+  a random backbone is never what a 1.3B/14B run wants."""
+  backbone = config.get("backbone")
+  if backbone is None:
+    raise ValueError(
+        "config.backbone is required for this config: pass --config.backbone=DIR, a PostCam "
+        "model directory made from a converted Wan DiT with `python tools/convert_weights.py "
+        "init-postcam ...` (or --config.backbone='' to train from random weights on purpose)")
+  return backbone
+
+
 def create_model(config, cfg: PostCamConfig, mesh) -> tuple[PostCamModel, dict]:
   """The sharded model: from ``config.backbone`` (a PostCam model directory, e.g. made by
-  ``init-postcam`` from a converted Wan DiT) or, when empty, random weights from ``config.seed``.
-  Returns the model and the backbone reference stored in every checkpoint."""
-  if config.backbone:
+  ``init-postcam`` from a converted Wan DiT) or, when "", random weights from ``config.seed``
+  (unset: an error, see :func:`backbone_of`). Returns the model and the backbone reference stored
+  in every checkpoint."""
+  if backbone_of(config):
     options = {k: getattr(cfg, k) for k in ("remat", "attention", "variant", "camera_input",
                                             "render_rope")}
     model = checkpoints.load_postcam(config.backbone, precision=cfg.precision, mesh=mesh,
@@ -304,14 +377,42 @@ def global_batch(batch: dict, shard) -> dict:
           for k, v in batch.items()}
 
 
-def check_finite(per_step: list, latest_good: int | None):
-  """Raise FloatingPointError on the first non-finite loss of ``per_step`` [(step, loss)]."""
-  for step, value in per_step:
-    if not math.isfinite(value):
-      raise FloatingPointError(
-          f"loss is {value} at step {step}: training stopped. Nothing after the last good "
-          f"checkpoint was saved (latest checkpoint: step {latest_good}); lower optim.lr, check "
-          f"the data, or resume from that checkpoint")
+def step_record(step: int, micro_metrics: list) -> dict:
+  """One optimizer step's host scalars from its micro-steps' fetched metrics."""
+  return {"step": step,
+          "loss": float(np.mean([m["loss"] for m in micro_metrics])),
+          "grad_norm": float(np.mean([m["grad_norm"] for m in micro_metrics])),
+          "state_finite": bool(all(bool(m["state_finite"]) for m in micro_metrics))}
+
+
+def first_non_finite(records: list) -> int | None:
+  """Index of the first record whose loss or gradient norm is NaN/Inf, or whose update left a
+  NaN/Inf in the parameters or optimizer state; None if every step is good."""
+  for i, r in enumerate(records):
+    if not (math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and r["state_finite"]):
+      return i
+  return None
+
+
+def check_finite(records: list, latest_good: int | None):
+  """Raise FloatingPointError naming the first bad step of ``records`` (see ``step_record``).
+
+  The loop calls this on every step since its last check *before* it saves, so a checkpoint
+  never holds a state that a NaN/Inf touched; the last checkpoint on disk is the last good one.
+  """
+  bad = first_non_finite(records)
+  if bad is None:
+    return
+  r = records[bad]
+  if math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]):
+    what = (f"the update of step {r['step']} left NaN/Inf in the trainable parameters or the "
+            f"optimizer state (loss {r['loss']:.6g}, gradient norm {r['grad_norm']:.6g})")
+  else:
+    what = f"loss is {r['loss']} and gradient norm {r['grad_norm']} at step {r['step']}"
+  raise FloatingPointError(
+      f"{what}: training stopped. Nothing from step {r['step']} on was saved (latest "
+      f"checkpoint: step {latest_good}); lower optim.lr, check optim.eps and the data, or "
+      f"resume from that checkpoint")
 
 
 def create_optimizer(model, tx, mesh) -> nnx.Optimizer:
@@ -385,11 +486,14 @@ class Evaluator:
 def train_and_evaluate(config, workdir: str) -> TrainResult:
   """Train per ``config`` in ``workdir``, resuming from its latest checkpoint if there is one.
 
-  Returns the last metrics and the live model/optimizer. A NaN/Inf loss raises
-  FloatingPointError (no save happens after it). SIGTERM saves the current step and returns with
-  ``preempted=True``.
+  Returns the last metrics and the live model/optimizer. A NaN/Inf loss or gradient norm, or an
+  update that leaves a NaN/Inf in the trainable parameters or optimizer state, raises
+  FloatingPointError naming the step, before any later save (the last checkpoint is the last
+  good state). The checkpoint may come from another mesh: it is read into this run's shardings.
+  SIGTERM saves the current step and returns with ``preempted=True``.
   """
   workdir = os.path.abspath(workdir)
+  backbone_of(config)  # fail before any data or compile work when a required backbone is unset
   cfg = model_config(config)
   loss_cfg = losses.LossConfig.from_config(config.loss)
   stages = stages_of(config)
@@ -399,6 +503,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     raise ValueError(f"data.batch_size {config.data.batch_size} must be a positive multiple of "
                      f"optim.accum_steps {accum}")
   micro = config.data.batch_size // accum
+  data_camera = train_data.camera_input(config)
+  if data_camera != ("plucker" if cfg.plucker else "rt"):  # one rule for data and model
+    raise ValueError(f"the data would build the {data_camera!r} camera for a model with "
+                     f"camera_input={cfg.camera_input!r}, variant={cfg.variant!r}")
 
   # -- mesh ------------------------------------------------------------------------------------
   mesh = make_run_mesh(config)
@@ -441,6 +549,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     # -- loop ----------------------------------------------------------------------------------
     graphdef, params, frozen_params, opt = split_train_state(model, optimizer)
     del model, optimizer  # the loop owns (and donates) the state from here on
+    # The state's own (declared) layouts, pinned for the step's inputs and outputs.
+    step_shardings = (*(jax.tree.map(lambda x: x.sharding, s) for s in (params, opt,
+                                                                        frozen_params)),
+                      rng.sharding, bshard)
     writer = metrics.MetricWriter(workdir)
     evaluator = Evaluator(config, graphdef, eval_sets, bshard, mesh) if eval_sets else None
     steps_by_kind = {}
@@ -455,10 +567,13 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                        stage.end, stage.camera, stage.render)
           steps_by_kind[stage.kind] = make_train_step(
               graphdef, loss_cfg, camera=stage.camera, render=stage.render,
-              fixed_noise=bool(config.loss.get("fixed_noise", False)))
+              fixed_noise=bool(config.loss.get("fixed_noise", False)), shardings=step_shardings,
+              accum_steps=accum)
         micro_metrics = []
         for _ in range(accum):
           batch = next(train_iter)
+          if shapes is None:
+            check_batch_camera(cfg, batch)
           shapes = shapes or (batch["target_latent"].shape[1:4],
                               batch["render_latent"].shape[1:4] if "render_latent" in batch
                               else None)
@@ -474,18 +589,21 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
         if not (is_log or is_ckpt or preempted):
           continue
         # Losses reach the host only here, so steps in between stay asynchronous.
-        fetched = [(s, jax.device_get(ms)) for s, ms in pending]
+        records = [step_record(s, jax.device_get(ms)) for s, ms in pending]
         pending = []
-        per_step = [(s, float(np.mean([m["loss"] for m in ms]))) for s, ms in fetched]
-        check_finite(per_step, ckpt.latest_step())
-        for (s, loss), (_, ms) in zip(per_step, fetched):
-          grad_norm = float(np.mean([m["grad_norm"] for m in ms]))
-          writer.write_scalars(s, {"train/loss": loss, "train/grad_norm": grad_norm},
-                               console=False)
+        bad = first_non_finite(records)
+        for r in records[:bad]:  # the good steps are recorded, up to a bad one
+          writer.write_scalars(r["step"], {"train/loss": r["loss"],
+                                           "train/grad_norm": r["grad_norm"]}, console=False)
+        if bad is not None:
+          writer.flush()
+        # Before any save: a NaN/Inf anywhere since the last check stops the run here.
+        check_finite(records, ckpt.latest_step())
+        per_step = [(r["step"], r["loss"]) for r in records]
         progress.update(step, {"loss": per_step[-1][1]})
         if is_log:
           last = log_summary(config, cfg, writer, progress, stage, step, per_step, schedule,
-                             shapes)
+                             shapes, mesh)
         if is_ckpt or preempted:
           model, optimizer = nnx.merge(graphdef, params, frozen_params, opt)
           ckpt.save(step, checkpoint_state(model, optimizer, rng, step), train_iter,
@@ -507,21 +625,34 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   return TrainResult(last, step, model, optimizer, preempted)
 
 
-def log_summary(config, cfg, writer, progress, stage, step, per_step, schedule, shapes) -> dict:
-  """Console/TensorBoard summary: loss, lr, steps/s, tokens/s, model TFLOP/s and MFU."""
+def check_batch_camera(cfg: PostCamConfig, batch: dict):
+  """The batch's camera has the model's representation (``camera_shape``), or a ValueError
+  naming both (e.g. records or a cache made for the other ``camera_input``)."""
+  got = tuple(np.shape(batch["camera"]))
+  want = camera_shape(cfg, got[0], np.shape(batch["target_latent"])[1:4])
+  if got != want:
+    kind = "Plucker rays [B, N, 24]" if cfg.plucker else "RT tokens [B, 11, 12]"
+    raise ValueError(f"the batch's camera is {got}, but the model (camera_input="
+                     f"{cfg.camera_input!r}, variant={cfg.variant!r}) reads {kind}: {want}")
+
+
+def log_summary(config, cfg, writer, progress, stage, step, per_step, schedule, shapes,
+                mesh) -> dict:
+  """Console/TensorBoard summary: loss, lr, steps/s, tokens/s, model TFLOP/s and MFU (over the
+  peak of the run's mesh, which may be a subset of the devices: ``config.mesh_devices``)."""
   rate = progress.rate(step)
   latent_shape, render_shape = shapes
   render_shape = render_shape if stage.render else None
   batch = config.data.batch_size
   n, m = flops.token_counts(cfg, latent_shape, render_shape)
   flops_step = flops.postcam_train_flops(cfg, batch, latent_shape, render_shape)
-  peak = flops.peak_flops(jax.devices()[0], config.get("peak_flops_per_device"))
+  peak = flops.peak_flops(mesh.devices.flat[0], config.get("peak_flops_per_device"))
   scalars = {"train/loss": per_step[-1][1], "train/lr": float(schedule(step - 1)),
              "train/loss_avg": float(np.mean([v for _, v in per_step]))}
   if rate:
     scalars.update({"perf/steps_per_sec": rate, "perf/tokens_per_sec": rate * batch * (2 * n + m),
                     "perf/model_tflops_per_sec": rate * flops_step / 1e12})
-    util = metrics.mfu(flops_step, rate, peak, jax.device_count())
+    util = metrics.mfu(flops_step, rate, peak, mesh.size)
     if util is not None:
       scalars["perf/mfu"] = util
   writer.write_scalars(step, scalars)

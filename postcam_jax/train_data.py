@@ -9,13 +9,23 @@ target_latent      [B, F, h, w, C] float32        x0 of the flow-matching loss
 source_latent      [B, F, h, w, C] float32        the source video's latent (kept clean)
 render_latent      [B, F, h/4, w/4, C] float32    the render's latent (only if available)
 text_embedding     [B, L, D] float32              text-encoder states of the target's caption
-camera             [B, 11, 12] float32            the model's camera input
+camera             [B, 11, 12] float32            the model's camera input (RT), or
+                   [B, N, 24] float32             Plucker rays per target token
 =================  =============================  =========================================
+
+The camera's representation is the model's (``camera_input(config)``, from ``config.model``):
+``"rt"``, the 11 world-to-camera 3x4 tokens, or ``"plucker"`` (``camera_input='plucker'`` or the
+``plucker_add`` variant), ``cameras.plucker_tokens(target_w2c, intrinsics, (F, h, w))`` with
+N = F (h // 2) (w // 2), built per example from the pair's target poses (world = the source camera
+at frame 0) and intrinsics at the video's 8 h x 8 w pixels (``pipeline.PluckerCamera``), before
+the poses are dropped.
 
 ``config.data.source`` picks where they come from:
 
 - ``"arrayrecord"``: latent records prepared by ``postcam_jax.data.arrayrecord`` (real VAE and
-  text-encoder outputs), read through ``postcam_jax.data.pipeline.make_dataset``.
+  text-encoder outputs) in one directory with the ``data.split`` and ``data.eval_split`` splits,
+  of clips of ``data.num_frames`` frames; training reads through
+  ``postcam_jax.data.pipeline.make_dataset``, evaluation only the records of its batches.
 - ``"synthetic"``: scenes made by ``postcam_jax.data.synthetic`` at the config's size, paired
   (held out: ``num_eval_scenes`` other scenes, or with 0 every 4th pair of the same scenes),
   rendered with the release's forward warp (``postcam_jax.render``) and encoded in memory by the
@@ -36,6 +46,16 @@ import numpy as np
 from absl import logging
 
 BATCH_KEYS = ("target_latent", "source_latent", "render_latent", "text_embedding", "camera")
+
+
+def camera_input(config) -> str:
+  """The camera representation ``config.model`` reads (``PostCamConfig.plucker``): "plucker" with
+  ``camera_input='plucker'`` or the ``plucker_add`` variant, else "rt" (also without a model)."""
+  model = config.get("model") or {}
+  kind = model.get("camera_input") or "rt"
+  if kind not in ("rt", "plucker"):
+    raise ValueError(f"config.model.camera_input must be 'rt' or 'plucker', got {kind!r}")
+  return "plucker" if kind == "plucker" or model.get("variant") == "plucker_add" else "rt"
 
 
 class PatchEncoder:
@@ -92,10 +112,14 @@ def release_render(example: dict) -> np.ndarray:
   return np.asarray(render.downsample4x(frames))
 
 
-def _cache_path(data, split: str) -> str:
+def _cache_path(data, split: str, camera: str = "rt") -> str:
+  """The cache file of ``split``'s examples with ``camera``'s representation (the RT key is the
+  one caches always had, so they stay valid)."""
   key = "|".join(str(data.get(k)) for k in (
       "num_scenes", "num_eval_scenes", "num_cameras", "num_frames", "height", "width", "seed",
       "latent_channels", "text_len", "text_dim", "pairs_per_scene", "encoder"))
+  if camera != "rt":
+    key += f"|camera={camera}"
   digest = hashlib.sha1(key.encode()).hexdigest()[:12]
   return os.path.join(data.cache_dir, f"synthetic_{split}_{digest}.npz")
 
@@ -113,7 +137,7 @@ def stand_in_codec(data):
   from postcam_jax.data import codec  # pylint: disable=import-outside-toplevel
   path = _cache_path(data, "codec")
   if not os.path.exists(path):
-    videos = [v for pair in _pixel_examples(data, "train")
+    videos = [v for pair in pixel_examples(data, "train")
               for v in (pair["target_video"], pair["source_video"])]
     fitted = codec.PCACodec.fit([v.astype(np.float32) / 127.5 - 1.0 for v in videos],
                                 channels=data.latent_channels, seed=data.seed)
@@ -125,14 +149,16 @@ def stand_in_codec(data):
     return codec.PCACodec.from_state(stored)
 
 
-def synthetic_examples(data, split: str) -> list[dict]:
-  """Latent examples of generated scenes (``split`` "train" or "eval": different scenes)."""
-  path = _cache_path(data, split)
+def synthetic_examples(data, split: str, camera: str = "rt") -> list[dict]:
+  """Latent examples of generated scenes (``split`` "train" or "eval": different scenes), one per
+  pair of :func:`pixel_examples` in its order, with the ``camera`` of ``camera`` ("rt" or
+  "plucker", see the module docstring)."""
+  path = _cache_path(data, split, camera)
   if os.path.exists(path):
     with np.load(path) as stored:
       arrays = {k: stored[k] for k in stored.files}
     return [{k: v[i] for k, v in arrays.items()} for i in range(len(arrays["camera"]))]
-  examples = _generate(data, split)
+  examples = _generate(data, split, camera)
   os.makedirs(data.cache_dir, exist_ok=True)
   tmp = f"{path}.partial.npz"
   np.savez(tmp, **{k: np.stack([e[k] for e in examples]) for k in examples[0]})
@@ -145,8 +171,9 @@ def _held_out_pair(index: int) -> bool:
   return index % 4 == 3
 
 
-def _pixel_examples(data, split: str) -> list[dict]:
-  """Pixel examples of the generated scenes of ``split`` (generating them if needed)."""
+def pixel_examples(data, split: str) -> list[dict]:
+  """Pixel examples of the generated scenes of ``split`` (generating them if needed): the pairs
+  behind :func:`synthetic_examples`, in its order, with their poses and intrinsics."""
   # pylint: disable=import-outside-toplevel
   from postcam_jax.data import arrayrecord, multicam, pairs, synthetic
   same_scenes = split == "train" or not data.num_eval_scenes
@@ -175,16 +202,23 @@ def _pixel_examples(data, split: str) -> list[dict]:
   return [arrayrecord.make_pixel_example(scenes[pair.scene], pair, pc, cache) for pair in chosen]
 
 
-def _generate(data, split: str) -> list[dict]:
-  """Latent examples of ``split``: pixel examples encoded by the stand-in codec."""
-  from postcam_jax.data import arrayrecord  # pylint: disable=import-outside-toplevel
+def _generate(data, split: str, camera: str = "rt") -> list[dict]:
+  """Latent examples of ``split``: pixel examples encoded by the stand-in codec. The Plucker
+  camera is made here, from the pair's target poses and intrinsics (at the scenes' height x
+  width), which the examples then drop."""
+  # pylint: disable=import-outside-toplevel
+  from postcam_jax.data import arrayrecord, pipeline
   encoders = arrayrecord.LatentEncoders(
       encoder=stand_in_codec(data),
       latent_shape=(), text_encoder=HashTextEncoder(data.text_len, data.text_dim, data.seed),
       text_shape=(), renderer=release_render)
+  # The RT camera is the pixel example's own (``pairs.pair_cameras``); Plucker is made here.
+  make_camera = pipeline.camera_map(camera, (data.height, data.width)) if camera != "rt" else None
   out = []
-  for pixel in _pixel_examples(data, split):
+  for pixel in pixel_examples(data, split):
     latent = arrayrecord.to_latent_example(pixel, encoders)
+    if make_camera is not None:
+      latent = make_camera.map(latent)
     out.append({k: np.asarray(latent[k], np.float32) for k in BATCH_KEYS})
   return out
 
@@ -214,16 +248,19 @@ def train_dataset(config, process_index: int, process_count: int,
   (global; default ``data.batch_size``; the trainer passes its micro-batch)."""
   data = config.data
   batch_size = batch_size or data.batch_size
+  camera = camera_input(config)
   if batch_size % process_count:
     raise ValueError(f"the global batch of {batch_size} must divide over {process_count} "
                      f"processes")
   if data.source == "arrayrecord":
     from postcam_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-    pipe = dataclasses.replace(pipeline.DataConfig.from_config(data), batch_size=batch_size)
+    pipe = dataclasses.replace(pipeline.DataConfig.from_config(data), batch_size=batch_size,
+                               camera_input=camera)
+    _records(data, pipe.split, camera)  # the trainer's checks on the records, before the pipeline
     return pipeline.make_dataset(pipe, process_index, process_count).map(SelectKeys())
   if data.source != "synthetic":
     raise ValueError(f"data.source must be 'arrayrecord' or 'synthetic', got {data.source!r}")
-  ds = grain.MapDataset.source(synthetic_examples(data, "train"))
+  ds = grain.MapDataset.source(synthetic_examples(data, "train", camera))
   if len(ds) < batch_size:
     raise ValueError(f"{len(ds)} synthetic examples, fewer than the batch of {batch_size}; "
                      f"raise data.num_scenes")
@@ -238,24 +275,60 @@ def train_dataset(config, process_index: int, process_count: int,
 
 def eval_batches(config, process_index: int, process_count: int,
                  batch_size: int | None = None) -> list[dict]:
-  """The fixed held-out batches of this process (the same every run), of ``batch_size`` global
-  examples each (default ``data.batch_size``)."""
+  """The fixed held-out batches of this process (the same every run): the first
+  ``eval.num_batches`` x ``batch_size`` examples of the held-out split (``batch_size`` global,
+  default ``data.batch_size``). Only this process's rows of those batches are read."""
   data = config.data
   batch_size = batch_size or data.batch_size
   local = batch_size // process_count
+  camera = camera_input(config)
+  read = SelectKeys().map
   if data.source == "synthetic":
-    examples = synthetic_examples(data, "eval")
+    source = synthetic_examples(data, "eval", camera)
   else:
-    from postcam_jax.data import arrayrecord  # pylint: disable=import-outside-toplevel
-    source = arrayrecord.data_source(data.data_dir, data.eval_split)
-    examples = [SelectKeys().map(source[i]) for i in range(len(source))]
-  n = min(len(examples) // batch_size, config.eval.num_batches)
+    source = _records(data, data.eval_split, camera)
+    if camera != "rt":  # the records store the RT camera; the Plucker one is made per record
+      from postcam_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+      plucker = pipeline.camera_map(camera, (data.height, data.width))
+      read = lambda record: SelectKeys().map(plucker.map(record))
+  n = min(len(source) // batch_size, config.eval.num_batches)
   if n < 1:
-    raise ValueError(f"held-out set has {len(examples)} examples, fewer than one global batch "
-                     f"of {batch_size}")
+    where = "" if data.source == "synthetic" else f" (split {data.eval_split!r} of {data.data_dir})"
+    raise ValueError(f"held-out set{where} has {len(source)} examples, fewer than one global "
+                     f"batch of {batch_size}")
   out = []
   for b in range(n):
-    rows = examples[b * batch_size:(b + 1) * batch_size]
-    rows = rows[process_index * local:(process_index + 1) * local]
+    start = b * batch_size + process_index * local
+    rows = [read(source[i]) for i in range(start, start + local)]
     out.append({k: np.stack([r[k] for r in rows]) for k in rows[0]})
   return out
+
+
+def _records(data, split: str, camera: str = "rt"):
+  """The random-access source of ``split`` of the prepared latent records ``data.data_dir``;
+  the records' clip length must be ``data.num_frames`` (latents cannot be resampled, and the
+  pipeline would resample the cameras alone). For the Plucker camera (``camera``), their
+  latents must be those of ``data.height`` x ``data.width`` pixels, the resolution of the records'
+  intrinsics."""
+  from postcam_jax.data import arrayrecord  # pylint: disable=import-outside-toplevel
+  source = arrayrecord.data_source(data.data_dir, split)
+  first = source[0]
+  if "target_latent" not in first:
+    raise ValueError(f"{data.data_dir} holds pixel records; the trainer reads latent records "
+                     f"(arrayrecord.PairsConfig(encoders=LatentEncoders(...)))")
+  frames = first["target_w2c"].shape[0]
+  if frames != data.num_frames:
+    raise ValueError(f"{data.data_dir} holds clips of {frames} frames; set "
+                     f"--config.data.num_frames={frames} (latent records are not resampled)")
+  if camera != "rt":
+    from postcam_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    _, h, w = pipeline.latent_grid(first)
+    stride = pipeline.VAE_STRIDE
+    if (data.height, data.width) != (stride * h, stride * w):
+      raise ValueError(
+          f"{data.data_dir} holds {h}x{w} latents (of {stride * h}x{stride * w} pixels), but "
+          f"data.height x data.width is {data.height}x{data.width}; the Plucker camera reads the "
+          f"records' intrinsics at that size: set --config.data.height={stride * h} "
+          f"--config.data.width={stride * w}, or re-prepare the records at "
+          f"{data.height}x{data.width}")
+  return source

@@ -177,3 +177,90 @@ def test_plucker_rays_numpy_and_jax():
   u, v = cameras.pixel_grid(2, 3, stride=16, offset=7.5)
   np.testing.assert_array_equal(u[0], [7.5, 23.5, 39.5])
   np.testing.assert_array_equal(v[:, 0], [7.5, 23.5])
+
+
+def _random_rigid(rng, lead):
+  """World-to-camera 4x4 poses [*lead, 4, 4] with random rotations and translations."""
+  q, r = np.linalg.qr(rng.standard_normal(lead + (3, 3)))
+  q = q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
+  q = q * np.sign(np.linalg.det(q))[..., None, None]
+  out = np.zeros(lead + (4, 4))
+  out[..., :3, :3] = q
+  out[..., :3, 3] = rng.standard_normal(lead + (3,))
+  out[..., 3, 3] = 1.0
+  return out
+
+
+def _plucker_tokens_reference(w2c, k_per_frame, clip_frame_of_model_frame, f, h, w):
+  """Loops over tokens: the 24 values of latent token (k, i, j), written out from the definition."""
+  groups = [[0, 0, 0, 0]] + [[4 * k - 3, 4 * k - 2, 4 * k - 1, 4 * k] for k in range(1, f)]
+  out = np.zeros((f, h // 2, w // 2, 24))
+  for k in range(f):
+    for slot, model_frame in enumerate(groups[k]):
+      t = clip_frame_of_model_frame(model_frame)
+      c2w = np.linalg.inv(w2c[t])
+      for i in range(h // 2):
+        for j in range(w // 2):
+          u, v = 16 * j + 7.5, 16 * i + 7.5  # the centre of pixels 16j..16j+15, 16i..16i+15
+          d = c2w[:3, :3] @ np.linalg.solve(k_per_frame[t], [u, v, 1.0])
+          d /= np.linalg.norm(d)
+          o = c2w[:3, 3]
+          out[k, i, j, 6 * slot:6 * slot + 6] = np.concatenate([np.cross(o, d), d])
+  return out.reshape(-1, 24)
+
+
+def test_plucker_tokens_match_numpy_and_shapes():
+  rng = np.random.default_rng(1)
+  f, h, w = 3, 5, 6  # 1 + 4 * 2 = 9 model frames; h = 5 floors to 2 token rows as the patch conv
+  w2c = _random_rigid(rng, (2, 81))
+  k_clip = np.array([[[40.0, 0.3, 23.0], [0.0, 38.0, 17.0], [0.0, 0.0, 1.0]],
+                     [[30.0, 0.0, 24.5], [0.0, 33.0, 20.0], [0.0, 0.0, 1.0]]])
+  got = cameras.plucker_tokens(w2c, k_clip, (f, h, w))
+  assert got.shape == (2, f * 2 * 3, cameras.PLUCKER_WIDTH) and got.dtype == np.float64
+  # T = 81 clip frames -> 9 model frames: temporal_indices(81, 9) is every 10th frame.
+  for b in range(2):
+    want = _plucker_tokens_reference(w2c[b], [k_clip[b]] * 81, lambda m: 10 * m, f, h, w)
+    np.testing.assert_allclose(got[b], want, rtol=0, atol=1e-10)
+  # Intrinsics per clip frame are resampled like the poses.
+  k_frames = np.repeat(k_clip[:, None], 81, axis=1)
+  k_frames[:, :, 0, 0] += np.arange(81) * 0.5
+  got = cameras.plucker_tokens(w2c, k_frames, (f, h, w))
+  for b in range(2):
+    want = _plucker_tokens_reference(w2c[b], k_frames[b], lambda m: 10 * m, f, h, w)
+    np.testing.assert_allclose(got[b], want, rtol=0, atol=1e-10)
+  # T equal to the model's 9 frames: no resampling; one K for everything; no batch axis.
+  got = cameras.plucker_tokens(w2c[0, :9], k_clip[0], (f, 4, 6))
+  assert got.shape == (f * 2 * 3, 24)
+  np.testing.assert_allclose(got, _plucker_tokens_reference(w2c[0], [k_clip[0]] * 9,
+                                                            lambda m: m, f, 4, 6),
+                             rtol=0, atol=1e-10)
+  # The release's 11 latent frames: 41 model frames; 3x4 poses are accepted too.
+  assert cameras.plucker_tokens(w2c[:, :41, :3], k_clip, (11, 4, 4)).shape == (2, 44, 24)
+  with pytest.raises(ValueError, match=r"\[\.\.\., T, 4, 4\]"):
+    cameras.plucker_tokens(w2c[0, 0], k_clip[0], (f, h, w))
+  with pytest.raises(ValueError, match="intrinsics must be"):
+    cameras.plucker_tokens(w2c, np.eye(4), (f, h, w))
+  with pytest.raises(ValueError, match="T=81 frames"):
+    cameras.plucker_tokens(w2c, k_frames[:, :40], (f, h, w))
+  with pytest.raises(ValueError, match="latent_shape"):
+    cameras.plucker_tokens(w2c, k_clip, (f, 1, w))
+
+
+def test_plucker_tokens_jit_and_grad():
+  rng = np.random.default_rng(2)
+  w2c = _random_rigid(rng, (1, 9))
+  k = np.array([[30.0, 0.0, 31.5], [0.0, 30.0, 15.5], [0.0, 0.0, 1.0]])
+  want = cameras.plucker_tokens(w2c, k, (3, 4, 8))
+  fn = jax.jit(lambda p, kk: cameras.plucker_tokens(p, kk, (3, 4, 8)))
+  got = fn(jnp.asarray(w2c, jnp.float32), jnp.asarray(k, jnp.float32))
+  assert got.shape == (1, 3 * 2 * 4, 24) and got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=2e-5 * np.abs(want).max())
+  loss = lambda p, kk: jnp.sum(cameras.plucker_tokens(p, kk, (3, 4, 8)) ** 2)
+  gp, gk = jax.grad(loss, argnums=(0, 1))(jnp.asarray(w2c, jnp.float32),
+                                          jnp.asarray(k, jnp.float32))
+  for g in (gp, gk):
+    assert np.all(np.isfinite(np.asarray(g))) and np.abs(np.asarray(g)).max() > 0
+  # Frame 0 feeds latent frame 0 alone: the pose of clip frame 0 moves only its 4 slots there...
+  gp0 = jax.grad(lambda p: jnp.sum(cameras.plucker_tokens(p, k, (3, 4, 8))[:, 8:]))(
+      jnp.asarray(w2c, jnp.float32))
+  assert np.abs(np.asarray(gp0)[:, 0]).max() == 0 and np.abs(np.asarray(gp0)[:, 1:]).max() > 0

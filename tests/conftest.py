@@ -3,7 +3,19 @@
 import os
 import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Append the device count to any XLA_FLAGS already set (a setdefault would leave a user's flags
+# without it, and every 8-device test would then skip or fail); an explicit count is kept.
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def with_device_count(xla_flags: str, count: int = 8) -> str:
+  """``xla_flags`` with ``--xla_force_host_platform_device_count=count`` appended if absent."""
+  if DEVICE_COUNT_FLAG in xla_flags:
+    return xla_flags
+  return f"{xla_flags} {DEVICE_COUNT_FLAG}={count}".strip()
+
+
+os.environ["XLA_FLAGS"] = with_device_count(os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Keep each test process to its share of the 2 CI cores.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from postcam_jax import cameras, video
+from postcam_jax import cameras, inputs, video
 from postcam_jax.data import multicam, synthetic
 
 FIXTURE_EXTRINSICS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -72,6 +72,56 @@ def test_round_trip_frames_depth_extrinsics(dataset):
     np.testing.assert_array_equal(scene.read_depth(cam), depth)
     np.testing.assert_allclose(scene.c2w[cam], spec.dataset_c2w(cam), rtol=0, atol=1e-12)
     np.testing.assert_array_equal(scene.read_video(cam, 1, 8, 3), decoded[1:8:3])
+
+
+def _dataset_md_c2w(path, camera):
+  """camera_extrinsics.json -> OpenCV camera-to-world [T, 4, 4] in metres, as dataset.md spells it
+  out (written here independently of postcam_jax.cameras): parse the four bracketed rows,
+  transpose, reorder the columns [1, 2, 0, 3], flip the new y axis, centimetres to metres."""
+  with open(path) as f:
+    data = json.load(f)
+  out = []
+  for k in range(len(data)):
+    rows = data[f"frame{k}"][camera].strip()[1:-1].split("] [")
+    m = np.array([[float(x) for x in row.split()] for row in rows]).T
+    m = m[:, [1, 2, 0, 3]]
+    m[:3, 1] *= -1
+    m[:3, 3] /= 100
+    out.append(m)
+  return np.stack(out)
+
+
+def test_depth_npz_holds_the_camera_in_the_release_conventions(dataset):
+  """depth/camXX.npz is in the sampling CLI's .npz schema: the exact depth, K in video pixels, and
+  world-to-camera poses relative to frame 0 that round-trip the scene's extrinsics file."""
+  config, scenes = dataset
+  for scene in scenes:
+    path = os.path.join(scene.path, multicam.EXTRINSICS_FILE)
+    for cam in ("cam01", "cam04", "cam08"):
+      with np.load(scene.depth_path(cam)) as data:
+        assert sorted(data.files) == ["depth", "extrinsics", "intrinsics"]
+        npz = dict(data)
+      assert npz["depth"].dtype == np.float32 and npz["depth"].shape == (9, 64, 96)
+      np.testing.assert_array_equal(npz["depth"], scene.read_depth(cam))
+      # K of the focal group, square pixels, principal point at the centre, in the video's pixels.
+      focal = multicam.focal_from_group(scene.group) / multicam.SENSOR_MM * config.width
+      np.testing.assert_array_equal(npz["intrinsics"],
+                                    [[focal, 0, config.width / 2], [0, focal, config.height / 2],
+                                     [0, 0, 1]])
+      # The release's source poses: world-to-camera, world = this camera at frame 0, i.e.
+      # inv(inv(C_0) C_t) of the file's camera-to-world C (dataset.md's conversion).
+      c2w = _dataset_md_c2w(path, cam)
+      expected = np.linalg.inv(np.linalg.inv(c2w[:1]) @ c2w)
+      assert npz["extrinsics"].shape == (9, 4, 4)
+      np.testing.assert_allclose(npz["extrinsics"], expected, rtol=0, atol=1e-12)
+      np.testing.assert_allclose(npz["extrinsics"][0], np.eye(4), rtol=0, atol=1e-12)
+      np.testing.assert_allclose(np.linalg.det(npz["extrinsics"][:, :3, :3]), 1.0, atol=1e-9)
+      # What the sampling CLI reads from it: the same K, and E_i inv(E_0) = the poses (float32).
+      depth = inputs.read_depth_npz(scene.depth_path(cam))
+      np.testing.assert_array_equal(depth.depth, npz["depth"])
+      np.testing.assert_array_equal(depth.intrinsics, npz["intrinsics"].astype(np.float32))
+      np.testing.assert_allclose(inputs.relative_source_poses(depth.w2c, 1.0), expected,
+                                 rtol=0, atol=1e-5)
 
 
 def test_marker_projects_where_the_video_shows_it(dataset):

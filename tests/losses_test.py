@@ -60,3 +60,16 @@ def test_flops_of_1p3b():
   assert 2 * fwd < train_flops < 3 * fwd  # frozen weights get no weight gradient
   pose = flops.postcam_train_flops(cfg, 1, latent, None)
   assert pose < train_flops
+
+
+def test_flops_count_one_plucker_camera_token_per_target_token():
+  latent = (3, 8, 12)
+  rt = PostCamConfig.tiny()
+  plucker = PostCamConfig.tiny(camera_input="plucker")
+  n, _ = flops.token_counts(rt, latent)
+  by_name = lambda cfg: {t.name: t.flops for t in flops.postcam_terms(cfg, latent)}  # noqa: E731
+  rt_terms, pl_terms = by_name(rt), by_name(plucker)
+  d, layers = rt.dim, rt.num_layers
+  assert rt_terms["cross_attn_cam.core"] == layers * 4.0 * n * 11 * d
+  assert pl_terms["cross_attn_cam.core"] == layers * 4.0 * n * n * d
+  assert pl_terms["cross_attn_cam.kv_camera"] == layers * 2.0 * n * d * 2 * d

@@ -9,6 +9,7 @@ gathered results; the test compares them with a single-process run.
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -119,6 +120,90 @@ def test_distributed_detection():
   assert distributed.detect({**slurm, "POSTCAM_DISTRIBUTED": "off"}) is None
   with pytest.raises(ValueError, match="'auto' or 'off'"):
     distributed.detect({"POSTCAM_DISTRIBUTED": "yes"})
+
+
+class _Started(RuntimeError):
+  """Raised by the stand-in for ``distributed._start``: the CLI got as far as joining."""
+
+
+def test_sample_cli_starts_multihost_from_its_flags(monkeypatch, tmp_path, capsys):
+  """``python -m postcam_jax.sample`` runs ``distributed.initialize`` with its --coordinator,
+  --num-processes and --process-id before anything else (no real processes: the join is
+  replaced)."""
+  from postcam_jax import distributed, sample  # pylint: disable=import-outside-toplevel
+  plans = []
+
+  def start(plan):
+    plans.append(plan)
+    raise _Started()
+
+  monkeypatch.setattr(distributed, "_start", start)
+  monkeypatch.setattr(distributed, "_initialized", False)
+  out = tmp_path / "out"
+  argv = ["--checkpoint", "ckpt", "--vae", "vae", "--video", "in.mp4", "--depth", "depth",
+          "--trajectory", "y_left_30", "--prompt-embeds", "embeds.npz", "--out", str(out),
+          "--coordinator", "10.0.0.1:1234", "--num-processes", "4"]
+  with pytest.raises(_Started):
+    sample.main(argv + ["--process-id", "3"])
+  assert plans == [{"source": "flags", "kwargs": dict(
+      coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3)}]
+  # An incomplete flag set: one message, exit 2, nothing written.
+  assert sample.main(argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: explicit multi-host start (flags)") and \
+      err.endswith("missing: process id") and len(err.splitlines()) == 1, err
+  assert len(plans) == 1 and not out.exists() and os.listdir(tmp_path) == []
+
+
+# Run in a fresh interpreter: postcam_jax.main defines absl flags (--config, --workdir) that other
+# entry points also define, so it is never imported into the test process.
+_TRAINER_FLAGS_SCRIPT = """
+import json, sys
+from absl import app, flags
+from postcam_jax import distributed, main
+flags.FLAGS(sys.argv)
+plans = []
+distributed._start = plans.append
+print(json.dumps({"started": main.initialize_distributed(), "plans": plans}))
+distributed._initialized = False
+flags.FLAGS.process_id = None
+try:
+  main.initialize_distributed()
+except app.UsageError as e:
+  print(json.dumps({"usage_error": str(e)}))
+"""
+
+
+def test_trainer_flags_start_multihost(tmp_path):
+  """``python -m postcam_jax.main --coordinator H:P --num_processes N --process_id I`` maps to the
+  same start-up as the sampling CLI; an incomplete set is a usage error."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("POSTCAM_")}
+  cmd = [sys.executable, "-c", _TRAINER_FLAGS_SCRIPT, "--config",
+         os.path.join(REPO, "configs", "postcam_tiny.py"), "--workdir", str(tmp_path),
+         "--coordinator", "10.0.0.1:1234", "--num_processes", "4", "--process_id", "3"]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+  assert lines == [
+      {"started": True, "plans": [{"source": "flags", "kwargs": {
+          "coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3}}]},
+      {"usage_error": "explicit multi-host start (flags) needs the coordinator address, the "
+                      "process count and this process's id; missing: process id"}]
+
+
+def test_conftest_appends_the_device_count_to_xla_flags():
+  """XLA_FLAGS already set without the device count still gives the tests 8 CPU devices."""
+  from tests import conftest  # pylint: disable=import-outside-toplevel
+  assert conftest.with_device_count("") == "--xla_force_host_platform_device_count=8"
+  assert conftest.with_device_count("--xla_cpu_enable_fast_math=false") == (
+      "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=8")
+  kept = "--xla_force_host_platform_device_count=2"
+  assert conftest.with_device_count(kept) == kept
+  env = dict(os.environ, XLA_FLAGS="--xla_cpu_enable_fast_math=false", JAX_PLATFORMS="cpu")
+  code = "import jax, tests.conftest; print(jax.device_count())"
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stdout.split()[-1:] == ["8"], proc.stdout + proc.stderr
 
 
 def test_local_launcher_reports_failure():

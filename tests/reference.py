@@ -30,14 +30,39 @@ def diffusers_wan(cfg, seed=0):
   return model.eval().float()
 
 
+class ExactTimeSinusoid(torch.nn.Module):
+  """The original Wan2.1's time sinusoid (wan2.1.md 1.2): ``t * omega`` and its cos/sin in
+  float64, cos first, then float32. diffusers' ``Timesteps`` rounds ``t * omega`` to float32,
+  which moves the embedding by ~1e-6 relative; swapping this in isolates that difference."""
+
+  def __init__(self, dim: int):
+    super().__init__()
+    self.dim = dim
+
+  def forward(self, timesteps):
+    half = self.dim // 2
+    omega = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64) / half)
+    angles = torch.outer(timesteps.to(torch.float64), omega)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).float()
+
+
+def with_exact_time_sinusoid(model):
+  """``model`` (a diffusers Wan transformer) with the original's float64 time sinusoid."""
+  model.condition_embedder.timesteps_proj = ExactTimeSinusoid(
+      model.condition_embedder.timesteps_proj.num_channels)
+  return model
+
+
 def diffusers_forward(model, latents, t, ctx, text_len):
   """Channels-last numpy in/out; the context is zero-padded to text_len as Wan's pipeline does."""
   ctx = np.pad(ctx, ((0, 0), (0, text_len - ctx.shape[1]), (0, 0)))
+  param = next(model.parameters())  # inputs follow the model's device and dtype
+  put = lambda a: torch.from_numpy(a).to(param.device, param.dtype)  # noqa: E731
   with torch.no_grad():
-    out = model(hidden_states=torch.from_numpy(latents).permute(0, 4, 1, 2, 3),
-                timestep=torch.from_numpy(t), encoder_hidden_states=torch.from_numpy(ctx),
+    out = model(hidden_states=put(latents).permute(0, 4, 1, 2, 3),
+                timestep=torch.from_numpy(t).to(param.device), encoder_hidden_states=put(ctx),
                 return_dict=False)[0]
-  return out.permute(0, 2, 3, 4, 1).numpy()
+  return out.permute(0, 2, 3, 4, 1).float().cpu().numpy()
 
 
 def original_state_dict(model) -> dict[str, np.ndarray]:

@@ -1,26 +1,40 @@
-"""The sampling CLI end to end on the release's real clip, and its failure modes."""
+"""The sampling CLI end to end on the release's real clip and on a synthetic scene with exact
+depth, sharded over 8 devices, with and without the progress bar, and its failure modes."""
 
+import contextlib
 import io
+import json
 import os
+import subprocess
+import sys
 
+import jax
 import numpy as np
 import pytest
 import sentencepiece
 from flax import nnx
 from PIL import Image
 
-from postcam_jax import checkpoints, sample, video
+from postcam_jax import cameras, checkpoints, sample, sampling, video
 from postcam_jax.convert import t5 as t5_convert
 from postcam_jax.convert.postcam import convert_postcam
 from postcam_jax.convert.vae import KIND as VAE_KIND
+from postcam_jax.data import synthetic
 from postcam_jax.models.t5 import UMT5Config, UMT5Encoder
 from postcam_jax.models.vae import WanVAE, WanVAEConfig
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, REPO
 
 CLIP = os.path.join(FIXTURES, "official-render-tiny", "official-inputs", "test1.mp4")
 POSTCAM_CKPT = os.path.join(FIXTURES, "postcam-official-tiny", "postcam.ckpt")
 CLIP_FRAMES, CLIP_HW = 41, (480, 832)
 TEXT_DIM = 32  # the fixture checkpoint's
+# Float32 agreement of two runs of the same sample (sharded vs one device, per-step vs one loop),
+# relative to the largest magnitude. The latents and the render: 1e-5, the sampler tests' bound
+# (measured 1.2e-6 sharded, 0 per-step). The decoded frames: the tiny random VAE decoder magnifies
+# the latents' differences and sums in another order when sharded (measured 1.2e-5 on
+# data=2,fsdp=4 with 5 frames, 2.8e-5 with 41), so 1e-4.
+SAME_SAMPLE_TOL = {"pred_latent": 1e-5, "render": 1e-5, "pred": 1e-4}
+ARRAY_KEYS = ("pred", "pred_latent", "render", "holes")
 
 
 def write_release_depth(folder, num_frames=CLIP_FRAMES, hw=(480, 832)):
@@ -99,17 +113,93 @@ def assets(tmp_path_factory):
   return root
 
 
-def base_args(assets, out, **changes):
+def base_args(assets, out, progress=False, **changes):
+  """CLI arguments; a value None drops the flag, True passes it alone."""
   args = {"--checkpoint": assets / "postcam", "--vae": assets / "vae", "--video": CLIP,
           "--depth": assets / "depth", "--trajectory": "y_left_30",
           "--prompt-embeds": assets / "embeds.npz", "--out": out, "--size": "64x128",
           "--steps": "2", "--precision": "float32"}
   args.update(changes)
-  argv = ["--no-progress"]
+  argv = [] if progress else ["--no-progress"]
   for key, value in args.items():
-    if value is not None:
+    if value is True:
+      argv.append(key)
+    elif value is not None:
       argv += [key, *map(str, value if isinstance(value, list) else [value])]
   return argv
+
+
+@contextlib.contextmanager
+def probing():
+  """Records per sample of the CLI calls inside: its Pipeline, the functions XLA compiled while it
+  ran (jax.monitoring's backend-compile event, which fires for every compilation, persistent-cache
+  hits included) and the entry counts of the sampler's two jit caches after it."""
+  runs, names = [], []
+
+  def listener(event, duration, **kwargs):
+    del duration
+    if event == "/jax/core/compile/backend_compile_duration":
+      names.append(str(kwargs.get("fun_name", "")))
+
+  original = sample.Pipeline.run
+
+  def run(self, *args, **kwargs):
+    start = len(names)
+    result = original(self, *args, **kwargs)
+    # pylint: disable=protected-access
+    runs.append({"pipe": self, "compiled": names[start:],
+                 "loop_cache": sampling._run_steps._cache_size(),
+                 "step_cache": sampling._run_one_step._cache_size()})
+    return result
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(sample.Pipeline, "run", run)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+      yield runs
+    finally:
+      jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def relative_error(got, want) -> float:
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def assert_same_sample(got, want, what):
+  assert set(got) == set(ARRAY_KEYS) == set(want)
+  np.testing.assert_array_equal(got["holes"], want["holes"])
+  for key, tol in SAME_SAMPLE_TOL.items():
+    assert got[key].shape == want[key].shape and got[key].dtype == np.float32
+    err = relative_error(got[key], want[key])
+    assert err <= tol, f"{what}: '{key}' differs by {err:.3g} (relative; allowed {tol:g})"
+
+
+def load_arrays(path) -> dict:
+  with np.load(path) as data:
+    return dict(data)
+
+
+TRAJECTORIES = ("zoom_in", "arc_left")
+# The runs compared with each other feed the model 5 frames (2 latent frames) of the 41-frame clip:
+# the sharded VAE is slow on 8 CPU devices, and the comparisons need no more.
+FEW_FRAMES = 5
+
+
+@pytest.fixture(scope="module")
+def no_progress(assets, tmp_path_factory):
+  """One call, two trajectories, --no-progress (one jitted loop per sample), with the arrays: the
+  reference the progress-bar and sharded runs must reproduce."""
+  out = tmp_path_factory.mktemp("no_progress") / "out"
+  buffer = io.StringIO()
+  with probing() as runs, contextlib.redirect_stdout(buffer):
+    code = sample.main(base_args(assets, out, **{"--trajectory": list(TRAJECTORIES),
+                                                 "--num-frames": FEW_FRAMES,
+                                                 "--save-arrays": True}))
+  assert code == 0
+  return {"out": out, "runs": runs, "printed": buffer.getvalue().split(),
+          "arrays": {t: load_arrays(out / f"results_postcam_{t}" / "test1_arrays.npz")
+                     for t in TRAJECTORIES}}
 
 
 def test_cli_end_to_end_on_the_release_clip(assets, tmp_path, capsys):
@@ -135,17 +225,149 @@ def test_cli_end_to_end_on_the_release_clip(assets, tmp_path, capsys):
   assert (rendered[-1].max(axis=-1) < 8).mean() > (source[-1].max(axis=-1) < 8).mean() + 0.05
 
 
-def test_cli_prompt_embeds_and_several_trajectories(assets, tmp_path, capsys):
-  out = tmp_path / "out"
+def test_cli_prompt_embeds_and_several_trajectories(no_progress):
+  out = no_progress["out"]
   # One folder per trajectory (the release's results_<checkpoint>_<trajectory>).
-  argv = base_args(assets, out, **{"--trajectory": ["zoom_in", "arc_left"]})
-  assert sample.main(argv) == 0, capsys.readouterr().err
   assert sorted(os.listdir(out)) == ["results_postcam_arc_left", "results_postcam_zoom_in"]
   for folder in os.listdir(out):
-    assert len(os.listdir(out / folder)) == 4
-    assert video.video_info(str(out / folder / "test1_pred_video.mp4"))["num_frames"] == 41
-  printed = capsys.readouterr().out.split()
-  assert len(printed) == 8 and all(p.startswith(str(out)) for p in printed)
+    assert sorted(os.listdir(out / folder)) == [
+        "test1_arrays.npz", "test1_contact_sheet.png", "test1_pred_video.mp4",
+        "test1_render_video.mp4", "test1_source_video.mp4"]
+    assert video.video_info(str(out / folder / "test1_pred_video.mp4"))["num_frames"] == FEW_FRAMES
+  printed = no_progress["printed"]
+  assert len(printed) == 10 and all(p.startswith(str(out)) for p in printed)
+  # The second trajectory reuses the compiled denoising loop (one Pipeline, no new jit cache
+  # entry) and compiles nothing at all: same shapes all the way.
+  first, second = no_progress["runs"]
+  assert first["pipe"] is second["pipe"]
+  assert second["loop_cache"] == first["loop_cache"] >= 1
+  assert second["compiled"] == [], f"the second trajectory compiled {second['compiled']}"
+  a, b = (no_progress["arrays"][t] for t in TRAJECTORIES)
+  assert relative_error(a["render"], b["render"]) > 0.1  # two different cameras
+
+
+def test_cli_progress_bar_equals_no_progress(assets, tmp_path, capsys, no_progress):
+  """The default path: a progress bar over the steps (one jitted step per iteration)."""
+  out = tmp_path / "out"
+  argv = base_args(assets, out, progress=True, **{"--trajectory": list(TRAJECTORIES),
+                                                  "--num-frames": FEW_FRAMES,
+                                                  "--save-arrays": True})
+  with probing() as runs:
+    assert sample.main(argv) == 0, capsys.readouterr().err
+  err = capsys.readouterr().err
+  for trajectory in TRAJECTORIES:
+    assert f"test1 {trajectory}: 100%" in err and "2/2" in err, err
+    got = load_arrays(out / f"results_postcam_{trajectory}" / "test1_arrays.npz")
+    assert_same_sample(got, no_progress["arrays"][trajectory],
+                       f"{trajectory} with the progress bar vs --no-progress")
+  # The per-step function compiles once, in the first trajectory (no other test here takes this
+  # path on one device), for every step; the second trajectory compiles nothing.
+  first, second = runs
+  assert len([n for n in first["compiled"] if "_run_one_step" in n]) == 1, first["compiled"]
+  assert second["step_cache"] == first["step_cache"]
+  assert second["compiled"] == [], f"the second trajectory compiled {second['compiled']}"
+
+
+def test_cli_sharded_over_8_devices_equals_one_device(assets, tmp_path, capsys, no_progress):
+  """The default path (progress bar on, one jitted step per iteration) on a data x fsdp mesh of
+  the 8 CPU devices reproduces the one-device sample."""
+  assert jax.device_count() == 8
+  out = tmp_path / "out"
+  argv = base_args(assets, out, progress=True, **{"--mesh": "data=2,fsdp=4",
+                                                  "--trajectory": TRAJECTORIES[0],
+                                                  "--num-frames": FEW_FRAMES,
+                                                  "--save-arrays": True})
+  with probing() as runs:
+    assert sample.main(argv) == 0, capsys.readouterr().err
+  assert sorted(os.listdir(out)) == ["test1_arrays.npz", "test1_contact_sheet.png",
+                                     "test1_pred_video.mp4", "test1_render_video.mp4",
+                                     "test1_source_video.mp4"]
+  # It really ran sharded: every parameter lives on the 8 devices, the large ones split on fsdp,
+  # and the denoising step compiled once for both steps.
+  (run,) = runs
+  assert dict(run["pipe"].mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1, "sequence": 1}
+  params = jax.tree.leaves(run["pipe"].sampler.state)
+  assert all(len(p.sharding.device_set) == 8 for p in params)
+  split = [p for p in params if p.addressable_shards[0].data.size * 4 == p.size]
+  assert len(split) >= len(params) // 4, f"only {len(split)} of {len(params)} parameters split"
+  assert len([n for n in run["compiled"] if "_run_one_step" in n]) == 1, run["compiled"]
+  assert_same_sample(load_arrays(out / "test1_arrays.npz"), no_progress["arrays"][TRAJECTORIES[0]],
+                     "--mesh data=2,fsdp=4 vs one device")
+
+
+def test_cli_on_two_processes_equals_one_device(assets, tmp_path, no_progress):
+  """The same command on 2 processes x 4 CPU devices (launch/local.py: jax.distributed, gloo), as
+  on a pod slice: process 0 shows the bar and writes the files; the numbers are one device's."""
+  out = tmp_path / "out"
+  argv = base_args(assets, out, progress=True, **{"--mesh": "data=2,fsdp=4",
+                                                  "--trajectory": TRAJECTORIES[0],
+                                                  "--num-frames": FEW_FRAMES,
+                                                  "--save-arrays": True})
+  cmd = [sys.executable, os.path.join(REPO, "launch", "local.py"), "-n", "2", "-d", "4",
+         "--timeout", "400", "--", "-m", "postcam_jax.sample", *argv]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=450)
+  log = proc.stdout + proc.stderr
+  assert proc.returncode == 0, log[-4000:]
+  assert sorted(os.listdir(out)) == ["test1_arrays.npz", "test1_contact_sheet.png",
+                                     "test1_pred_video.mp4", "test1_render_video.mp4",
+                                     "test1_source_video.mp4"]
+  assert f"[p0] {out / 'test1_arrays.npz'}" in log and f"[p1] {out}" not in log
+  assert "[p0] test1 zoom_in: 100%" in log and "[p1] test1 zoom_in" not in log, log[-4000:]
+  assert_same_sample(load_arrays(out / "test1_arrays.npz"), no_progress["arrays"][TRAJECTORIES[0]],
+                     "two processes x 4 devices vs one device")
+
+
+SYNTHETIC = dict(num_scenes=1, num_cameras=2, num_frames=9, height=64, width=128, seed=1)
+SYNTHETIC_CAMERA = "cam02"  # an arc: the source camera moves, so the warp needs depth and poses
+PSNR_PEAK = 2.0  # pixels in [-1, 1]
+
+
+def psnr(a, b, mask=None) -> float:
+  err = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
+  return float(10 * np.log10(PSNR_PEAK ** 2 / (err[mask] if mask is not None else err).mean()))
+
+
+def test_cli_on_a_synthetic_scene_with_its_exact_depth(assets, tmp_path, capsys):
+  """A generated camera straight into the CLI (its video and its depth/camXX.npz), re-shot from
+  where it started: the render must be the true view from there, which the generator knows."""
+  config = synthetic.GeneratorConfig(root=str(tmp_path / "multicam"), **SYNTHETIC)
+  (scene,) = synthetic.generate(config)
+  spec = synthetic.build_scene(config, 0)
+  cam, count = SYNTHETIC_CAMERA, config.num_frames
+  assert spec.kinds[cam] == "arc"
+  # One identity pose: a static camera at the source's frame 0, in the depth's units (metres).
+  start = tmp_path / "start.json"
+  start.write_text(json.dumps({"convention": "w2c", "units": "depth",
+                               "poses": [np.eye(4).tolist()]}))
+  out = tmp_path / "out"
+  argv = base_args(assets, out, **{"--video": os.path.join(scene, "videos", f"{cam}.mp4"),
+                                   "--depth": os.path.join(scene, "depth", f"{cam}.npz"),
+                                   "--trajectory": start, "--save-arrays": True})
+  assert sample.main(argv) == 0, capsys.readouterr().err
+  assert sorted(os.listdir(out)) == sorted(f"{cam}_{kind}" for kind in (
+      "arrays.npz", "contact_sheet.png", "pred_video.mp4", "render_video.mp4",
+      "source_video.mp4"))
+  for kind in ("source", "render", "pred"):
+    info = video.video_info(str(out / f"{cam}_{kind}_video.mp4"))
+    assert (info["num_frames"], info["fps"], info["height"], info["width"]) == (41, 15.0, 64, 128)
+  with np.load(out / f"{cam}_arrays.npz") as data:
+    rendered, holes = data["render"], data["holes"]
+  # The 41 frames are the clip's 9, then its last one repeated (the release's index rule).
+  np.testing.assert_array_equal(rendered[count:], np.repeat(rendered[count - 1:count], 41 - count,
+                                                            axis=0))
+  truth, _ = synthetic.render_camera(spec.scene, np.repeat(spec.c2w[cam][:1], count, axis=0),
+                                     spec.intrinsics, config.height, config.width, config.fps,
+                                     config.supersample)
+  truth = truth.astype(np.float32) / 127.5 - 1
+  source = video.read_video(os.path.join(scene, "videos", f"{cam}.mp4")).astype(np.float32)
+  source = source / 127.5 - 1
+  moved = slice(1, count)  # frame 0 is the identity warp
+  visible = ~holes[moved]
+  # Measured: 26.0 dB with the exact depth, 16.9 with the depth 1.3x off, 14.2 with the poses
+  # inverted; copying the source gives 15.2.
+  assert visible.mean() > 0.75, f"{1 - visible.mean():.2f} of the render is holes"
+  got, copy = psnr(rendered[moved], truth[moved], visible), psnr(source[moved], truth[moved])
+  assert got >= 23.0 and got >= copy + 8.0, f"render {got:.1f} dB, copying the source {copy:.1f}"
 
 
 FAILURES = [

@@ -29,9 +29,19 @@ def tiny_config(cache_dir, arg=None, **overrides):
   return config
 
 
+def shared_cache_dir(tmp_path_factory):
+  """One synthetic-data cache for every trainer test of the session, so the scenes of
+  ``tiny_config`` are generated once (cached examples are keyed by the data config and written
+  atomically; scene directories by seed and scene count, so keep the tests' scene settings
+  those of ``tiny_config``)."""
+  path = tmp_path_factory.getbasetemp() / "synthetic_tiny"
+  path.mkdir(exist_ok=True)
+  return path
+
+
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("synthetic")
+  return shared_cache_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

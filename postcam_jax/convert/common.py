@@ -6,6 +6,7 @@ abstract NNX state, check every key and shape, report *all* problems in one
 :class:`ConversionError`, and only then write the output (see ``postcam_jax.checkpoints``).
 """
 
+import abc
 import dataclasses
 import json
 import os
@@ -30,20 +31,23 @@ class ConversionError(ValueError):
 # Tensor sources.
 
 
-class TensorSource:
+class TensorSource(abc.ABC):
   """Read-only mapping key -> numpy array that loads one tensor at a time."""
 
   def __init__(self, description: str):
     self.description = description
 
+  @abc.abstractmethod
   def keys(self) -> list[str]:
-    raise TypeError("abstract")
+    """Every tensor name of the source."""
 
+  @abc.abstractmethod
   def shape(self, key: str) -> tuple[int, ...]:
-    raise TypeError("abstract")
+    """The stored shape of ``key``, without reading its data."""
 
+  @abc.abstractmethod
   def get(self, key: str) -> np.ndarray:
-    raise TypeError("abstract")
+    """The tensor ``key`` as a numpy array (bf16 through ml_dtypes)."""
 
   def config(self) -> dict[str, Any] | None:
     """The ``config.json`` beside the weights, when there is one."""

@@ -47,9 +47,16 @@ def infer_postcam_config(source) -> dict:
   return cfg
 
 
+def convert_postcam(input_path, output, dtype="float32", overwrite=False, fmt="auto"):
+  """Convert the release's flat state dict; returns the PostCamConfig. Writes nothing on failure.
 
-
-def convert_postcam(input_path, output, dtype="float32", overwrite=False):
+  ``fmt``: the key layout, "auto" or "wan" (the release uses the original Wan names; there is no
+  diffusers layout of PostCam).
+  """
+  if fmt not in ("auto", "wan"):
+    raise ConversionError([f"--format {fmt}: the PostCam release uses the original Wan key names "
+                           f"and has no {fmt} layout; pass --format wan or leave --format out"],
+                          os.fspath(input_path))
   from postcam_jax import checkpoints  # pylint: disable=import-outside-toplevel
   from postcam_jax.models.postcam import PostCamConfig, PostCamModel  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
@@ -154,17 +161,16 @@ def init_postcam(wan_dir, output, seed=0, overwrite=False, **variant):
 
 
 def add_arguments(parser: argparse.ArgumentParser):
-  parser.add_argument("--input", required=True,
-                      help="postcam.ckpt, a .safetensors file, or a directory holding one "
-                           "(config.json beside it is used when present)")
-  parser.add_argument("--output", required=True, help="output directory (must not exist)")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  parser.add_argument("--overwrite", action="store_true")
+  common.add_conversion_arguments(
+      parser, "postcam.ckpt, a .safetensors file, or a directory holding one (config.json beside "
+              "it is used when present)",
+      "key layout of the input: the release's is wan (the original Wan names), also what auto "
+      "picks; PostCam has no diffusers layout")
 
 
 def run(args) -> int:
   t0 = time.time()
-  cfg = convert_postcam(args.input, args.output, args.dtype, args.overwrite)
+  cfg = convert_postcam(args.input, args.output, args.dtype, args.overwrite, args.format)
   print(f"converted PostCam (dim {cfg.dim}, {cfg.num_layers} layers) -> {args.output} "
         f"in {time.time() - t0:.1f}s")
   return 0

@@ -14,9 +14,15 @@ One record per training pair (``pairs.Pair``). Two record kinds, chosen by the b
   in [-1, 1] -> latent), ``text_embedding`` [L, D] from ``encoders.text_encoder`` and, when a
   ``renderer`` is given, ``render_latent``; no pixels. Shapes are declared by the encoders.
 
+Both kinds keep the per-frame ``target_w2c`` and the ``intrinsics`` (at H x W = 8 h x 8 w of the
+latents), so the same records serve either camera input of the model: the stored RT ``camera``, or
+the Plucker rays per target token that the pipeline makes from them (``pipeline.PluckerCamera``).
+
 Frames are resized/cropped to (H, W) at preparation time (see ``frames.resize_and_crop``), so a
-1280x1280 source becomes records of the training resolution. Read the result without TensorFlow
-with :func:`data_source` (``tfds.builder_from_directory(...).as_data_source``).
+1280x1280 source becomes records of the training resolution. One preparation writes every split of
+``PairsConfig.splits`` (each from ``<root>/<split>/``, e.g. ``("train", "test")`` for the trainer's
+``data.split`` and ``data.eval_split``). Read the result without TensorFlow with
+:func:`data_source` (``tfds.builder_from_directory(...).as_data_source``).
 """
 
 import dataclasses
@@ -53,7 +59,7 @@ class LatentEncoders:
 class PairsConfig(tfds.core.BuilderConfig):
   """Which scenes, pairs and clip geometry go into the records (``name`` names the config)."""
   root: str = ""
-  split: str = "train"
+  splits: tuple[str, ...] = ("train",)  # source splits <root>/<split>/, one TFDS split each
   clip_frames: int = 17
   stride: int = 1
   window_step: int | None = None
@@ -134,16 +140,19 @@ class MultiCamPairs(tfds.core.GeneratorBasedBuilder):
       features.update(_latent_features(c.encoders))
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(features),
-        description=f"MultiCamVideo pairs from {c.root} ({c.split}), "
+        description=f"MultiCamVideo pairs from {c.root} ({', '.join(c.splits)}), "
                     f"{'latent' if c.encoders else 'pixel'} records")
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {self.builder_config.split: self._generate_examples()}
+    splits = tuple(self.builder_config.splits)
+    if not splits or len(set(splits)) != len(splits):
+      raise ValueError(f"PairsConfig.splits must name distinct splits, got {splits}")
+    return {split: self._generate_examples(split) for split in splits}
 
-  def _generate_examples(self):
+  def _generate_examples(self, split: str):
     c = self.builder_config
-    scan = multicam.scan_dataset(c.root, c.split, on_error=c.on_error,
+    scan = multicam.scan_dataset(c.root, split, on_error=c.on_error,
                                  num_cameras=c.num_cameras)
     self.skipped.extend(scan.skipped)
     if c.pairs_per_scene is None:
@@ -242,10 +251,19 @@ def prepared_dir(data_dir: str, name: str) -> str:
 
 
 def prepare(config: PairsConfig, data_dir: str, num_shards: int | None = None) -> MultiCamPairs:
-  """Build the ArrayRecord files of ``config`` under ``data_dir``; returns the builder."""
+  """Build the ArrayRecord files of ``config`` (every split of ``config.splits``) under
+  ``data_dir``; returns the builder. A directory already prepared under the same name is reused
+  as is, so it must hold every requested split (else a ValueError says how to rebuild)."""
   builder = MultiCamPairs(config=config, data_dir=data_dir)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       num_shards=num_shards, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  missing = [s for s in config.splits if s not in builder.info.splits]
+  if missing:
+    raise ValueError(
+        f"{prepared_dir(data_dir, config.name)} was prepared before with the split(s) "
+        f"{sorted(builder.info.splits)}, not {missing}; a prepared directory is reused as is. "
+        f"Prepare every split at once (splits={tuple(config.splits)}) under a new name, or "
+        f"delete that directory first")
   return builder
 
 

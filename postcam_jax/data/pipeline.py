@@ -4,8 +4,9 @@
 per-process batches: ``MapDataset`` over the TFDS data source -> this process's slice
 (``[process_index::process_count]``) -> deterministic shuffle (reshuffled each epoch) -> repeat ->
 named maps ``DecodeRecord``, ``ResampleFrames``, ``ResizeCrop``, ``NormaliseVideo``,
-``RelativeCamera`` -> ``batch(drop_remainder=True)`` -> ``to_iter_dataset`` -> ``mp_prefetch``
-(when ``worker_count > 0``). ``make_global_batch`` turns a process batch into global
+``RelativeCamera`` (``PluckerCamera`` with ``camera_input='plucker'``) ->
+``batch(drop_remainder=True)`` -> ``to_iter_dataset`` -> ``mp_prefetch`` (when
+``worker_count > 0``). ``make_global_batch`` turns a process batch into global
 ``jax.Array``s with ``jax.make_array_from_process_local_data``; ``save_iterator`` /
 ``restore_iterator`` store the iterator position with Orbax and Grain's checkpoint handler.
 
@@ -22,7 +23,8 @@ has_depth           [B] int32                    1 where the data has exact dept
 source_w2c          [B, T, 4, 4] float32         source world-to-camera, world = source frame 0
 target_w2c          [B, T, 4, 4] float32         target world-to-camera, same world
 intrinsics          [B, 3, 3] float32            K at H x W (pixel centres at integers)
-camera              [B, 11, 12] float32          the model's camera input (top 3x4, row-major)
+camera              [B, 11, 12] float32          the model's camera input (top 3x4, row-major);
+                                                 [B, N, 24] with camera_input='plucker'
 caption             [B] str                      the target video's caption ('' if none)
 scene, source_camera, target_camera  [B] str     ids
 start, stride       [B] int32                    first frame and frame step in the videos
@@ -31,6 +33,13 @@ start, stride       [B] int32                    first frame and frame step in t
 **Latent** records give the same cameras, ``intrinsics``, ``caption`` and ids, plus
 ``target_latent``, ``source_latent`` (and ``render_latent``) [B, F, h, w, C] and
 ``text_embedding`` [B, L, D], as the encoders stored them (no resampling or resizing applies).
+
+``camera_input`` picks the ``camera`` key's representation, the model's ``PostCamConfig
+.camera_input``: ``"rt"`` (default) the 11 RT tokens [B, 11, 12] (``RelativeCamera``);
+``"plucker"`` the rays per target latent token [B, N, 24], N = F (h // 2) (w // 2)
+(``PluckerCamera``: ``cameras.plucker_tokens`` of ``target_w2c`` and ``intrinsics``). Both kinds of
+record carry what it needs: the per-frame ``target_w2c`` and ``intrinsics`` at H x W, which are
+8 h x 8 w of the latents (the Wan-VAE's stride).
 """
 
 import dataclasses
@@ -46,6 +55,8 @@ from postcam_jax.data import frames as frame_ops
 _VIDEO_KEYS = ("target_video", "source_video")
 _PER_FRAME_KEYS = ("target_video", "source_video", "source_depth", "source_w2c", "target_w2c")
 _TEXT_KEYS = ("caption", "scene", "source_camera", "target_camera")
+CAMERA_INPUTS = ("rt", "plucker")  # PostCamConfig.camera_input
+VAE_STRIDE = 8  # Wan-VAE: one latent pixel per 8 x 8 video pixels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +75,7 @@ class DataConfig:
   worker_buffer_size: int = 2  # batches each worker prepares ahead
   read_threads: int = 2  # threads that fill the prefetch buffer (per worker)
   prefetch_buffer_size: int = 2  # batches; small, pixel batches are large
+  camera_input: str = "rt"  # the ``camera`` key: rt [11, 12] or plucker [N, 24] (see above)
 
   @classmethod
   def from_config(cls, config: Any) -> "DataConfig":
@@ -138,6 +150,65 @@ class RelativeCamera(grain.transforms.Map):
     return dict(element, camera=tokens.astype(np.float32))
 
 
+def latent_grid(element: dict) -> tuple[int, int, int]:
+  """(F, h, w) of the target latent of a record: a latent record's ``target_latent``, or what the
+  Wan-VAE makes of a pixel record's ``target_video`` [T = 1 + 4k, H, W, 3]."""
+  if "target_latent" in element:
+    return tuple(int(v) for v in np.shape(element["target_latent"])[:3])
+  if "target_video" not in element:
+    raise ValueError(f"the Plucker camera needs the target's latent grid: a record with "
+                     f"'target_latent' or 'target_video', got keys {sorted(element)}")
+  t, h, w = np.shape(element["target_video"])[:3]
+  if (t - 1) % cameras.VAE_FRAMES_PER_LATENT or h % VAE_STRIDE or w % VAE_STRIDE:
+    raise ValueError(f"a pixel clip of {t} frames of {h}x{w} has no Wan-VAE latent grid: it "
+                     f"needs 1 + 4k frames and sides that are multiples of {VAE_STRIDE}")
+  return (1 + (t - 1) // cameras.VAE_FRAMES_PER_LATENT, h // VAE_STRIDE, w // VAE_STRIDE)
+
+
+@dataclasses.dataclass
+class PluckerCamera(grain.transforms.Map):
+  """The Plucker camera input (``camera_input='plucker'``): ``camera`` [N, 24] =
+  ``cameras.plucker_tokens(target_w2c, intrinsics, (F, h, w))`` in float64, stored as float32.
+
+  ``target_w2c`` [T, 4, 4] are the clip's (possibly resampled) target poses, world = the source
+  camera at frame 0 (as ``RelativeCamera``), ``intrinsics`` [3, 3] K at the clip's H x W, which
+  must be 8 h x 8 w of the target latent (F, h, w) (``latent_grid``). ``pixel_size``: the (H, W)
+  the intrinsics belong to, when known to the caller (a latent record does not say); a size that
+  is not 8 h x 8 w is refused instead of giving rays of the wrong pixels.
+  """
+  pixel_size: tuple[int, int] | None = None
+
+  def map(self, element: dict) -> dict:
+    missing = [k for k in ("target_w2c", "intrinsics") if k not in element]
+    if missing:
+      raise ValueError(f"the Plucker camera needs the record's {missing} (per-frame target poses "
+                       f"and K); re-prepare the records with postcam_jax.data.arrayrecord, which "
+                       f"stores both in pixel and latent records")
+    grid = latent_grid(element)
+    if "target_latent" not in element:  # a pixel record: H x W are the video's
+      pixel = tuple(int(v) for v in np.shape(element["target_video"])[1:3])
+    else:
+      pixel = None if self.pixel_size is None else tuple(int(v) for v in self.pixel_size)
+    want = (VAE_STRIDE * grid[1], VAE_STRIDE * grid[2])
+    if pixel is not None and pixel != want:
+      raise ValueError(f"the Plucker camera needs intrinsics at 8h x 8w = {want[0]}x{want[1]} "
+                       f"pixels of the {grid[1]}x{grid[2]} target latent, but they are at "
+                       f"{pixel[0]}x{pixel[1]}; set data.height/width to the records' "
+                       f"resolution, or prepare the records at 8x the latent size")
+    tokens = cameras.plucker_tokens(np.asarray(element["target_w2c"], np.float64),
+                                    np.asarray(element["intrinsics"], np.float64), grid)
+    return dict(element, camera=tokens.astype(np.float32))
+
+
+def camera_map(camera_input: str, pixel_size: tuple[int, int] | None = None):
+  """The Map that writes the ``camera`` key for ``camera_input`` ("rt" or "plucker")."""
+  if camera_input == "rt":
+    return RelativeCamera()
+  if camera_input == "plucker":
+    return PluckerCamera(pixel_size)
+  raise ValueError(f"camera_input must be one of {CAMERA_INPUTS}, got {camera_input!r}")
+
+
 def _source(config: DataConfig):
   return arrayrecord.data_source(config.data_dir, config.split)
 
@@ -173,7 +244,7 @@ def make_dataset(config: Any, process_index: int | None = None,
         .map(ResampleFrames(config.num_frames))
         .map(ResizeCrop(config.height, config.width))
         .map(NormaliseVideo())
-        .map(RelativeCamera()))
+        .map(camera_map(config.camera_input, (config.height, config.width))))
   ds = ds.batch(local_batch, drop_remainder=True)
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                                prefetch_buffer_size=config.prefetch_buffer_size))

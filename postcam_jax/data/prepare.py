@@ -1,14 +1,19 @@
 """CLI: a MultiCamVideo-layout directory -> sharded ArrayRecord pixel records (TFDS builder).
 
-Example (generated data, every pair, clips of 17 frames at 48x64)::
+Example (generated data: train and held-out test scenes, every pair, clips of 17 frames at
+48x64)::
 
   python -m postcam_jax.data.synthetic --root /tmp/multicam
+  python -m postcam_jax.data.synthetic --root /tmp/multicam --split test --seed 1
   python -m postcam_jax.data.prepare --root /tmp/multicam --data_dir /tmp/records \\
-      --name tiny --clip_frames 17 --height 48 --width 64
+      --name tiny --splits train,test --clip_frames 17 --height 48 --width 64
 
-The records land in ``<data_dir>/multi_cam_pairs/<name>/1.0.0`` (printed at the end), the
-directory the Grain pipeline's ``data_dir`` names. Latent records are built from Python with
-``arrayrecord.PairsConfig(encoders=arrayrecord.LatentEncoders(...))``.
+Every split of ``--splits`` (``<root>/<split>/``) is written in one go, as one TFDS split each:
+the trainer reads ``data.split`` and evaluates on ``data.eval_split`` of the same directory. A
+prepared directory is reused as is, so asking later for a split it lacks is an error (use a new
+``--name``). The records land in ``<data_dir>/multi_cam_pairs/<name>/1.0.0`` (printed at the
+end), the directory the Grain pipeline's ``data_dir`` names. Latent records (what the trainer
+reads) are built from Python with ``arrayrecord.PairsConfig(encoders=LatentEncoders(...))``.
 """
 
 import argparse
@@ -23,7 +28,8 @@ def main(argv=None) -> int:
   parser.add_argument("--root", required=True, help="dataset root holding <split>/<group>/...")
   parser.add_argument("--data_dir", required=True, help="where the TFDS dataset is written")
   parser.add_argument("--name", default="pixels", help="builder config name (a subdirectory)")
-  parser.add_argument("--split", default="train")
+  parser.add_argument("--splits", default="train",
+                      help="comma-separated source splits (<root>/<split>/), one TFDS split each")
   parser.add_argument("--clip_frames", type=int, default=17)
   parser.add_argument("--stride", type=int, default=1, help="frame step inside a clip")
   parser.add_argument("--window_step", type=int, default=None,
@@ -39,14 +45,16 @@ def main(argv=None) -> int:
   parser.add_argument("--num_shards", type=int, default=None)
   args = parser.parse_args(argv)
   config = arrayrecord.PairsConfig(
-      name=args.name, root=args.root, split=args.split, clip_frames=args.clip_frames,
+      name=args.name, root=args.root, splits=tuple(s.strip() for s in args.splits.split(",")),
+      clip_frames=args.clip_frames,
       stride=args.stride, window_step=args.window_step, height=args.height, width=args.width,
       pairs_per_scene=args.pairs_per_scene, seed=args.seed, on_error=args.on_error,
       num_cameras=args.num_cameras)
   builder = arrayrecord.prepare(config, args.data_dir, num_shards=args.num_shards)
-  split = builder.info.splits[args.split]
-  print(f"{split.num_examples} records in {split.num_shards} shard(s), "
-        f"{len(builder.skipped)} bad input(s) skipped: "
+  for name in config.splits:
+    split = builder.info.splits[name]
+    print(f"{name}: {split.num_examples} records in {split.num_shards} shard(s)")
+  print(f"{len(builder.skipped)} bad input(s) skipped: "
         f"{arrayrecord.prepared_dir(args.data_dir, args.name)}")
   return 0
 

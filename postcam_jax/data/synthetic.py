@@ -9,9 +9,21 @@ the same instants through its intrinsics and extrinsics. Written per scene::
 
   <root>/<split>/<group>/sceneK/videos/camXX.mp4           H.264, ``fps``
   <root>/<split>/<group>/sceneK/cameras/camera_extrinsics.json   the dataset's own schema
-  <root>/<split>/<group>/sceneK/depth/camXX.npz            ``depth`` float32 [T, H, W] z-depth, m
+  <root>/<split>/<group>/sceneK/depth/camXX.npz            exact depth and the camera (below)
   <root>/<split>/<group>/sceneK/scene.json                 the generator's description (extra)
   <root>/<split>/metadata.csv                              captions: file_name, text
+
+``depth/camXX.npz`` is in the sampling CLI's documented ``.npz`` depth schema
+(``postcam_jax.inputs``), in the release's conventions, so a generated camera feeds
+``python -m postcam_jax.sample --video SCENE/videos/camXX.mp4 --depth SCENE/depth/camXX.npz``
+with its exact depth:
+
+- ``depth`` float32 [T, H, W]: z-depth in metres of the ray through each pixel centre;
+- ``intrinsics`` float64 [3, 3]: K in the video's pixels (the focal group's, below);
+- ``extrinsics`` float64 [T, 4, 4]: world-to-camera in OpenCV axes with the world = this camera
+  at frame 0 (frame 0 is the identity to rounding), metres. It is exactly what
+  ``camera_extrinsics.json`` gives for this camera: ``cameras.w2c_relative_to_first`` of the
+  poses ``cameras.load_multicam_extrinsics`` reads back (``dataset.md``'s conversion).
 
 Extrinsics are written in the dataset's world (Unreal axes: X forward, Y right, Z up; a
 left-handed frame) and units (cm) with ``cameras.opencv_c2w_to_unreal``, so
@@ -344,9 +356,10 @@ def generate_scene(config: GeneratorConfig, index: int) -> list[tuple[str, str]]
     frames, depth = render_scene_camera(config, spec, cam)
     video.write_video(os.path.join(scene_dir, "videos", f"{cam}.mp4"), frames, fps=config.fps,
                       crf=config.crf, pix_fmt=config.pix_fmt)
-    os.makedirs(os.path.join(scene_dir, "depth"), exist_ok=True)
-    np.savez_compressed(os.path.join(scene_dir, "depth", f"{cam}.npz"), depth=depth)
     extrinsics[cam] = cameras.opencv_c2w_to_unreal(spec.dataset_c2w(cam))
+    os.makedirs(os.path.join(scene_dir, "depth"), exist_ok=True)
+    np.savez_compressed(os.path.join(scene_dir, "depth", f"{cam}.npz"), depth=depth,
+                        intrinsics=spec.intrinsics, extrinsics=depth_extrinsics(extrinsics[cam]))
     rows.append((f"{group}/{name}/videos/{cam}.mp4",
                  f"{described} The camera {_camera_phrase(kind)}."))
   os.makedirs(os.path.join(scene_dir, "cameras"), exist_ok=True)
@@ -365,6 +378,14 @@ def generate_scene(config: GeneratorConfig, index: int) -> list[tuple[str, str]]
   with open(os.path.join(scene_dir, "scene.json"), "w") as f:
     json.dump(description, f, indent=1)
   return rows
+
+
+def depth_extrinsics(stored: np.ndarray) -> np.ndarray:
+  """The ``extrinsics`` of ``depth/camXX.npz`` from one camera's stored extrinsics [T, 4, 4]
+  (row-vector Unreal, cm, as ``camera_extrinsics.json`` holds them): world-to-camera in OpenCV
+  axes relative to the camera's frame 0, metres, float64. The stored values are written with
+  ``repr`` and parse back exactly, so this equals the conversion of the file itself."""
+  return cameras.w2c_relative_to_first(cameras.unreal_to_opencv_c2w(stored))
 
 
 def _camera_phrase(kind: str) -> str:

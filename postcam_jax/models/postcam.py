@@ -38,13 +38,15 @@ CAMERA_INPUTS = ("rt", "plucker")
 RENDER_ROPES = ("release", "aligned")
 # stage -> which conditions the model reads (postcam.md, "Stages"): the tree is the same for all.
 STAGES = ("joint", "pose", "render_only")
-PLUCKER_DIM = 24  # 6-D ray (o x d, d) for each of the 4 frames a latent frame covers
+# 6-D ray (o x d, d) for each of the 4 frames a latent frame covers (cameras.plucker_tokens).
+PLUCKER_DIM = cameras.PLUCKER_WIDTH
 
 
 @dataclasses.dataclass(frozen=True)
 class PostCamConfig(WanConfig):
   camera_hidden: int = 256
-  camera_input: str = "rt"          # rt: 11 world-to-camera 3x4 tokens; plucker: rays per token
+  camera_input: str = "rt"          # rt: 11 world-to-camera 3x4 tokens; plucker: rays per target
+                                    # token, [B, N, 24] from cameras.plucker_tokens
   variant: str = "query_shared"
   render_rope: str = "release"      # release: the released (h/w crossed) mapping; aligned
   stage: str = "joint"              # joint: pose + render; pose: render ignored; render_only
@@ -163,23 +165,23 @@ class PostCamBlock(WanBlock):
                                 combine="concat" if cfg.variant == "query_shared" else "sum",
                                 **rope_kw)
       return self.projector(out)
-    update = None
+    branches = []  # (attention, projector, keys/values input, their RoPE), outputs added
     if cfg.variant == "separate" and camera_tokens is not None:
-      q = self.cam_attn.queries(y, ropes["target"])
-      k, v = self.cam_attn.keys_values(camera_tokens, ropes.get("camera"))
-      update = self.cam_projector(self.cam_attn.output(
-          attention(q, k, v, precision=self.policy_precision)))
+      branches.append((self.cam_attn, self.cam_projector, camera_tokens, ropes.get("camera")))
     if render_in is not None:
-      q = self.render_attn.queries(y, ropes["target"])
-      k, v = self.render_attn.keys_values(render_in, ropes["render"])
-      r = self.render_projector(self.render_attn.output(
-          attention(q, k, v, precision=self.policy_precision)))
-      update = r if update is None else update + r
+      branches.append((self.render_attn, self.render_projector, render_in, ropes["render"]))
+    update = None
+    for attn, projector, kv_in, kv_rope in branches:
+      out = self.projected_cross_attention(attn, projector, y, kv_in, ropes["target"], kv_rope)
+      update = out if update is None else update + out
     return update
 
-  @property
-  def policy_precision(self):
-    return self.cfg.policy.matmul_precision
+  def projected_cross_attention(self, attn, projector, y, kv_in, q_rope, kv_rope):
+    """projector(o(softmax(q k^T / sqrt(d)) v)): queries from ``y`` with the target's RoPE,
+    keys/values from ``kv_in`` with theirs (one cross-attention of the ablation variants)."""
+    q = attn.queries(y, q_rope)
+    k, v = attn.keys_values(kv_in, kv_rope)
+    return projector(attn.output(attention(q, k, v, precision=self.cfg.policy.matmul_precision)))
 
   def __call__(self, carry, e0, context, camera_tokens, ropes):
     x, r = carry
@@ -209,22 +211,37 @@ def render_positions(target_hw, render_grid, mode="release"):
   release: s = min(W' // h_r, H' // w_r) (h and w crossed, as released), offsets
   sh = (H' - s h_r) // 2, sw = (W' - s w_r) // 2; token (i, j) -> (sh + s i, sw + s j).
   aligned: the same with s = min(H' // h_r, W' // w_r).
+
+  Raises ValueError, naming the fix, when the mapping does not fit: a scale below 1, or positions
+  outside the target grid. The release's crossed scale can exceed H' // h_r (or W' // w_r) and
+  give negative offsets (a 3x2 render grid on a 4x12 target grid: rows -1, 1, 3). A render latent
+  4x smaller than the target's, the release's setting, always fits.
   """
   th, tw = target_hw
   _, rh, rw = render_grid
-  s = min(tw // rh, th // rw) if mode == "release" else min(th // rh, tw // rw)
-  if s < 1:
-    raise ValueError(f"render token grid {rh}x{rw} is larger than the target grid {th}x{tw}; "
-                     f"the render latent must be smaller than the target latent (4x down)")
+  fix = (f"use a render latent 4x smaller than the target's (e.g. [F, {th // 2}, {tw // 2}] for "
+         f"a {th}x{tw} token grid)")
+  if mode == "release":
+    s = min(tw // rh, th // rw)
+    if s < 1:
+      raise ValueError(
+          f"render token grid {rh}x{rw} gets scale 0 in the release's render-RoPE mapping on the "
+          f"target token grid {th}x{tw} (s = min(W' // h_r, H' // w_r) = min({tw} // {rh}, "
+          f"{th} // {rw}): h and w crossed, as released); {fix} or render_rope='aligned'")
+  else:
+    s = min(th // rh, tw // rw)
+    if s < 1:
+      raise ValueError(f"render token grid {rh}x{rw} is larger than the target token grid "
+                       f"{th}x{tw}; {fix}")
   sh, sw = (th - s * rh) // 2, (tw - s * rw) // 2
-  last_h, last_w = sh + s * (rh - 1), sw + s * (rw - 1)
-  if last_h >= th or last_w >= tw:
+  rows, cols = np.arange(rh) * s + sh, np.arange(rw) * s + sw
+  if rows[0] < 0 or cols[0] < 0 or rows[-1] >= th or cols[-1] >= tw:
     raise ValueError(
-        f"render token grid {rh}x{rw} does not fit the release's RoPE mapping on the target grid "
-        f"{th}x{tw} (scale {s}, offsets {sh},{sw} reach row {last_h}, column {last_w}); use a "
-        f"render latent 4x smaller than the target's (e.g. [F, {th // 2}, {tw // 2}] for a "
-        f"{th}x{tw} token grid) or render_rope='aligned'")
-  return np.arange(rh) * s + sh, np.arange(rw) * s + sw
+        f"render token grid {rh}x{rw} does not fit the release's render-RoPE mapping on the "
+        f"target token grid {th}x{tw}: scale {s} and offsets ({sh}, {sw}) put rows at "
+        f"{rows[0]}..{rows[-1]} and columns at {cols[0]}..{cols[-1]}, outside 0..{th - 1} x "
+        f"0..{tw - 1}; {fix} or render_rope='aligned'")
+  return rows, cols
 
 
 class PostCamModel(WanModel):
@@ -254,9 +271,10 @@ class PostCamModel(WanModel):
       return camera
     want = (batch, target_tokens, PLUCKER_DIM)
     if tuple(camera.shape) != want:
-      raise ValueError(f"camera_input='plucker' needs Plucker rays per target token {want}; got "
-                       f"{tuple(camera.shape)} (width {camera.shape[-1]}: a 12-wide camera is "
-                       f"the 'rt' representation)")
+      raise ValueError(f"camera_input='plucker' needs Plucker rays per target token {want}, made "
+                       f"by postcam_jax.cameras.plucker_tokens(target_w2c, intrinsics, "
+                       f"latent_shape); got {tuple(camera.shape)} (width {camera.shape[-1]}: a "
+                       f"12-wide camera is the 'rt' representation)")
     return camera
 
   def __call__(self, latents, timesteps, context, source_latents, camera, render_latents=None):

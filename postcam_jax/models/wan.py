@@ -183,13 +183,11 @@ class PatchEmbedding(nnx.Module):
     p = cfg.policy
     self.patch_size = cfg.patch_size
     self.policy = p
-    fan_in = pt * ph * pw * cfg.in_dim
     init = nnx.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=(0, 1, 2, 3),
                                              out_axis=4)
     self.kernel = nnx.Param(init(rngs.params(), (pt, ph, pw, cfg.in_dim, cfg.dim), p.param_dtype),
                             out_sharding=(None, None, None, "patch", "embed"))
     self.bias = nnx.Param(jnp.zeros((cfg.dim,), p.param_dtype), out_sharding=("embed",))
-    del fan_in
 
   def __call__(self, x):
     """[B, F, H, W, C] -> tokens [B, F'*H'*W', D] and the grid (F', H', W')."""
