@@ -4,7 +4,8 @@
 
 Generated MultiCamVideo-layout scenes (128x192, 9 frames, exact depth) are encoded by the PCA
 stand-in codec (``postcam_jax.data.codec``: the Wan-VAE's 4x8x8 geometry, fitted in seconds,
-and it decodes), and the tiny PostCam trains from random weights through stage 1 (pose only) and
+and it decodes). A tiny Wan DiT pretrained on those latents (the stand-in for Wan2.1) becomes a
+PostCam through ``init-postcam``, whose trainable set then trains through stage 1 (pose only) and
 stage 2 (pose + render). The demo then samples held-out pairs and scores them.
 """
 
