@@ -665,8 +665,41 @@ def with_options(config, remat: str, accum: int):
   return out
 
 
+def _request_key(req: Request) -> str:
+  """Everything a candidate's plan depends on, as a string (journal entries must match it)."""
+  config = req.config.to_dict() if hasattr(req.config, "to_dict") else dict(req.config)
+  fields = {f.name: getattr(req, f.name) for f in dataclasses.fields(req) if f.name != "config"}
+  return json.dumps([config, fields], sort_keys=True, default=str)
+
+
+class Journal:
+  """Finished sweep candidates, one JSON line each, keyed by their full request. A sweep of a
+  1.3B step is hours of compiles on a small host; rerun with the same ``--out``, it reuses every
+  candidate already planned and compiles only the rest."""
+
+  def __init__(self, path: str | None):
+    self.path, self.done = path, {}
+    if path and os.path.exists(path):
+      with open(path) as f:
+        for line in f:
+          if line.strip():
+            entry = json.loads(line)
+            self.done[entry["key"]] = entry["report"]
+
+  def get(self, req: Request):
+    return self.done.get(_request_key(req))
+
+  def add(self, req: Request, report: dict):
+    key = _request_key(req)
+    self.done[key] = report
+    if self.path:
+      os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"key": key, "report": report}, default=str) + "\n")
+
+
 def sweep(req: Request, remats=SWEEP_REMATS, accums=(1, 2, 4), meshes=None, log=print,
-          plan_fn=None) -> list:
+          plan_fn=None, journal: Journal | None = None) -> list:
   """Every (mesh, remat) that fits at its smallest gradient accumulation, priced; sorted by
   estimated step time.
 
@@ -675,8 +708,10 @@ def sweep(req: Request, remats=SWEEP_REMATS, accums=(1, 2, 4), meshes=None, log=
   (mesh, remat) only the smallest fitting accumulation is priced; and a remat policy that saves
   less (``remats`` runs from the most saving) needs at least the accumulation of the one before,
   and cannot fit where that one did not, so the remaining policies of that mesh are skipped.
+  ``journal`` keeps every planned candidate, so an interrupted sweep resumes where it stopped.
   """
   plan_fn = plan_fn or plan
+  journal = journal or Journal(None)
   n = len(topology_devices(req.topology))
   batch = int(req.config.data.batch_size)
   rows = []
@@ -689,13 +724,18 @@ def sweep(req: Request, remats=SWEEP_REMATS, accums=(1, 2, 4), meshes=None, log=
                                                                       sizes["fsdp"]):
           continue
         cand = req.replace(config=with_options(req.config, remat, accum), mesh=sizes)
-        try:
-          r = plan_fn(cand)
-        except Exception as e:  # a candidate the partitioner or kernels reject: skip, say why
-          log(f"  {mesh_spec_str(sizes)} remat={remat} accum={accum}: failed: "
-              f"{str(e).splitlines()[0][:200]}")
-          break
-        log(f"  {mesh_spec_str(sizes)} remat={remat} accum={accum}: "
+        r = journal.get(cand)
+        reused = r is not None
+        if not reused:
+          try:
+            r = plan_fn(cand)
+          except Exception as e:  # a candidate the partitioner or kernels reject: skip, say why
+            log(f"  {mesh_spec_str(sizes)} remat={remat} accum={accum}: failed: "
+                f"{str(e).splitlines()[0][:200]}")
+            break
+          journal.add(cand, r)
+        log(f"  {mesh_spec_str(sizes)} remat={remat} accum={accum}"
+            + (" (from the journal)" if reused else "") + ": "
             + (f"{r['need_bytes'] / GIB:.1f} GiB, {r['step_seconds']:.3f} s, "
                f"MFU {100 * r['mfu']:.1f} %" if r["fits"] else
                f"does not fit ({r['need_bytes'] / GIB:.1f} GiB)"))
@@ -763,7 +803,9 @@ def main(argv=None) -> int:
   p.add_argument("--batch", type=int, default=None, help="videos per sample/forward call")
   p.add_argument("--sample_steps", type=int, default=50)
   p.add_argument("--sweep", action="store_true")
-  p.add_argument("--out", default=None)
+  p.add_argument("--out", default=None,
+                 help="report directory; with --sweep it also keeps every planned candidate "
+                      "(sweep_candidates.jsonl), so a rerun resumes an interrupted sweep")
   args, overrides = p.parse_known_args(argv)
   config = load_config(args.config, overrides)
   n = len(topology_devices(args.topology))
@@ -777,7 +819,8 @@ def main(argv=None) -> int:
   if args.sweep:
     if args.step != "train":
       raise SystemExit("--sweep plans training (--step train)")
-    rows = sweep(req, meshes=[req.mesh] if args.mesh else None)
+    journal = Journal(os.path.join(args.out, "sweep_candidates.jsonl") if args.out else None)
+    rows = sweep(req, meshes=[req.mesh] if args.mesh else None, journal=journal)
     text = format_sweep(rows, args.config)
     print(text)
     if args.out:

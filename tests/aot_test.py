@@ -146,3 +146,33 @@ def test_candidate_meshes_cover_sequence_tensor_and_batch_rules():
   assert all(4 % (m["data"] * m["fsdp"]) == 0 for m in meshes)
   assert all(m["data"] * m["fsdp"] * m["tensor"] * m["sequence"] == 4 for m in meshes)
   assert not any(m["tensor"] == 4 for m in meshes)  # 4 does not divide the 2 heads
+
+
+def test_sweep_journal_resumes_without_replanning(tmp_path):
+  config = aot.load_config(TINY, ["--config.data.batch_size=16"])
+  sizes = aot.parse_mesh("fsdp=4", 4)
+  req = aot.Request(config=config, topology="v5p:2x2x1", mesh=sizes,
+                    latent=aot.video_latent(config), render=(3, 4, 6))
+  calls = []
+
+  def fake_plan(cand):
+    accum = int(cand.config.optim.accum_steps)
+    calls.append((aot.remat_of(cand), accum))
+    fits = aot.remat_of(cand) == "full" and accum >= 2
+    return {"fits": fits, "need_bytes": aot.GIB, "mesh": aot.mesh_spec_str(cand.mesh),
+            "remat": aot.remat_of(cand), "accum_steps": accum, "step_seconds": 1.0, "mfu": 0.5,
+            "tokens_per_second": 1.0}
+
+  path = str(tmp_path / "sweep_candidates.jsonl")
+  first = aot.sweep(req, meshes=[sizes], log=lambda *_: None, plan_fn=fake_plan,
+                    journal=aot.Journal(path))
+  planned = list(calls)
+  assert planned == [("full", 1), ("full", 2), ("dots_no_batch", 2), ("dots_no_batch", 4)]
+  calls.clear()
+  again = aot.sweep(req, meshes=[sizes], log=lambda *_: None, plan_fn=fake_plan,
+                    journal=aot.Journal(path))
+  assert calls == [] and again == first  # everything came from the journal
+  other = req.replace(latent=(5, 16, 24))  # a different request reuses nothing
+  aot.sweep(other, meshes=[sizes], log=lambda *_: None, plan_fn=fake_plan,
+            journal=aot.Journal(path))
+  assert calls == planned
