@@ -85,10 +85,16 @@ class AtomicDirectory:
 
 
 def save_model(output: str, *, kind: str, config: Mapping[str, Any],
-               params: Mapping[str, Any], overwrite: bool = False, extra: Mapping | None = None):
-  """Write ``params`` (flat 'a/b' keys or a nested dict of arrays) and the architecture."""
+               params: Mapping[str, Any], overwrite: bool = False, extra: Mapping | None = None,
+               files: Mapping[str, str] | None = None):
+  """Write ``params`` (flat 'a/b' keys or a nested dict of arrays) and the architecture.
+
+  ``files``: {name in the output: a path beside it} moved in before the final rename (e.g. the
+  text encoder's tokenizer folder), so the output appears whole or not at all."""
   tree = params if any(isinstance(v, Mapping) for v in params.values()) else unflatten(params)
   with AtomicDirectory(output, overwrite) as tmp:
+    for name, path in (files or {}).items():
+      os.replace(path, os.path.join(tmp, name))
     with open(os.path.join(tmp, MODEL_JSON), "w") as f:
       json.dump({"kind": kind, "config": dict(config), **(extra or {})}, f, indent=1)
     ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(

@@ -110,3 +110,20 @@ def test_existing_output_is_not_clobbered(original, tmp_path):
   proc = run_cli("dit", "--input", str(d / "sharded"), "--output", str(out))
   assert proc.returncode == 2 and "--overwrite" in proc.stderr
   assert (out / "keep.txt").exists()
+
+
+def test_failure_while_writing_leaves_nothing(original, tmp_path, monkeypatch):
+  """The output is written beside its final place and renamed at the end: a failure in the
+  middle of the Orbax save (here: a full disk) leaves neither the output nor a partial one."""
+  d, _ = original
+  real_save = checkpoints.ocp.Checkpointer.save
+
+  def save_then_fail(self, path, *args, **kwargs):
+    real_save(self, path, *args, **kwargs)  # the parameters are on disk, in the staging dir
+    assert os.listdir(tmp_path) and leftovers(tmp_path)
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(checkpoints.ocp.Checkpointer, "save", save_then_fail)
+  with pytest.raises(OSError, match="No space left"):
+    wan_convert.convert_dit(d / "diffusion_pytorch_model.safetensors", tmp_path / "out")
+  assert os.listdir(tmp_path) == []

@@ -3,6 +3,8 @@ checkpoints (one error listing every problem, nothing left behind)."""
 
 import argparse
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -18,6 +20,7 @@ from postcam_jax.convert import t5 as convert_t5
 from postcam_jax.convert import vae as convert_vae
 from postcam_jax.convert.common import ConversionError
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAE_SMALL = dict(base_dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2)
 T5_SMALL = dict(vocab_size=64, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4,
                 feed_forward_proj="gated-gelu", dropout_rate=0.0)
@@ -144,11 +147,11 @@ def _corrupt(sd, missing, wrong_shape):
 def test_malformed_checkpoints_report_everything_and_leave_nothing(kind, vae_sd, t5_model,
                                                                    tmp_path):
   if kind == "vae":
-    module, convert = convert_vae, convert_vae.convert_vae
+    convert = convert_vae.convert_vae
     sd = vae_sd
     missing, wrong = "decoder.up_blocks.1.resnets.0.conv1.bias", "decoder.conv_out.weight"
   else:
-    module, convert = convert_t5, convert_t5.convert_t5
+    convert = convert_t5.convert_t5
     sd = dict(t5_model.state_dict())
     missing = "encoder.block.1.layer.1.DenseReluDense.wo.weight"
     wrong = "encoder.final_layer_norm.weight"
@@ -162,9 +165,13 @@ def test_malformed_checkpoints_report_everything_and_leave_nothing(kind, vae_sd,
   assert "missing key" in message and "unexpected key 'encoder.bogus.weight'" in message
   assert f"wrong shape for '{wrong}'" in message and "got (7, 7)" in message
   assert_nothing_left(tmp_path, out)
-  # The CLI reports the same error (the lead's tools/convert_weights.py prints it) and exits.
-  with pytest.raises(ConversionError):
-    cli(module, ["--input", str(tmp_path / "bad.safetensors"), "--output", out])
+  # The real tool prints the same single error and exits 2, leaving nothing.
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "convert_weights.py"), kind,
+                         "--input", str(tmp_path / "bad.safetensors"), "--output", out],
+                        capture_output=True, text=True, cwd=REPO,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "3 problem(s)" in proc.stderr and "Traceback" not in proc.stderr
   assert_nothing_left(tmp_path, out)
   # Truncated files: safetensors and .pth.
   save_file({k: v.clone() for k, v in sd.items()}, tmp_path / "ok.safetensors")

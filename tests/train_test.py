@@ -109,6 +109,17 @@ def test_overfits_a_fixed_batch(cache_dir, tmp_path):
   losses = step_losses(tmp_path)
   assert len(losses) == 400
   assert losses[0] / np.mean(losses[-10:]) >= 10.0, (losses[0], losses[-10:])
+  # The same per-step losses are in the TensorBoard event files (read back TF-free).
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+  from tensorboard.util import tensor_util  # pylint: disable=import-outside-toplevel
+  events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"),
+                                              size_guidance={event_accumulator.TENSORS: 0})
+  events.Reload()
+  logged = {e.step: float(tensor_util.make_ndarray(e.tensor_proto))
+            for e in events.Tensors("train/loss")}
+  assert len(logged) == 400
+  np.testing.assert_allclose([logged[s] for s in sorted(logged)], losses, rtol=1e-6)
+  assert {"train/grad_norm", "train/lr", "perf/steps_per_sec"} <= set(events.Tags()["tensors"])
 
 
 def test_sharded_8_devices_matches_one_device(general_run, tmp_path):

@@ -139,19 +139,18 @@ def convert_t5(input_path, output, fmt="auto", dtype="float32", overwrite=False,
   finally:
     source.close()
   tokenizer = tokenizer or find_tokenizer(input_path)
-  # The tokenizer is staged beside the output first and renamed into it last, so a failure at
-  # any point leaves no output behind.
+  # The tokenizer is staged beside the output and moved into its staging directory before the
+  # final rename, so a failure at any point leaves no output behind.
   parent = os.path.dirname(os.path.abspath(output))
   os.makedirs(parent, exist_ok=True)
   stage = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tokenizer-", dir=parent)
   try:
     if tokenizer is not None:
       _copy_tokenizer(tokenizer, os.path.join(stage, TOKENIZER_DIR))
+    files = {TOKENIZER_DIR: os.path.join(stage, TOKENIZER_DIR)} if tokenizer is not None else {}
     checkpoints.save_model(output, kind=KIND, config=cfg.to_dict(), params=params,
-                           overwrite=overwrite,
+                           overwrite=overwrite, files=files,
                            extra={"source": str(input_path), "format": fmt, "dtype": dtype})
-    if tokenizer is not None:
-      os.replace(os.path.join(stage, TOKENIZER_DIR), os.path.join(output, TOKENIZER_DIR))
   finally:
     shutil.rmtree(stage, ignore_errors=True)
   return cfg
