@@ -92,6 +92,12 @@ def parse_mesh(spec: str | None, n_devices: int) -> dict[str, int]:
   return sizes
 
 
+def parse_meshes(spec: str, n_devices: int) -> list[dict[str, int]]:
+  """'fsdp=8;data=8' -> one mesh per ';'-separated entry (a sweep restricted to those meshes,
+  e.g. to split one topology's sweep across hosts or finish part of it)."""
+  return [parse_mesh(part, n_devices) for part in spec.split(";") if part.strip()]
+
+
 def mesh_spec_str(sizes: dict[str, int]) -> str:
   return ",".join(f"{a}={sizes[a]}" for a in sharding.MESH_AXES)
 
@@ -795,7 +801,9 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m postcam_jax.aot", description=__doc__.split("\n")[0])
   p.add_argument("--config", required=True)
   p.add_argument("--topology", required=True)
-  p.add_argument("--mesh", default=None, help="data=1,fsdp=2,sequence=4 (rest goes to fsdp)")
+  p.add_argument("--mesh", default=None,
+                 help="data=1,fsdp=2,sequence=4 (rest goes to fsdp); with --sweep, one or more "
+                      "meshes separated by ';' restrict the sweep to them")
   p.add_argument("--step", default="train", choices=STEPS)
   p.add_argument("--stage", default="joint", help="training stage kind: pose | joint | render")
   p.add_argument("--latent", default=None, help="F,H,W (default: from config.data's video)")
@@ -812,15 +820,19 @@ def main(argv=None) -> int:
   latent = parse_shape(args.latent) if args.latent else video_latent(config)
   render = (parse_shape(args.render) if args.render else
             (latent[0], latent[1] // 4, latent[2] // 4))
+  meshes = parse_meshes(args.mesh, n) if args.sweep and args.mesh else None
+  if meshes is None and args.mesh and ";" in args.mesh:
+    raise SystemExit("several ';'-separated meshes are for --sweep; plan one mesh at a time")
   req = Request(config=config, topology=args.topology,
-                mesh=parse_mesh(args.mesh or config.get("mesh", None), n), step=args.step,
+                mesh=meshes[0] if meshes else parse_mesh(args.mesh or config.get("mesh", None), n),
+                step=args.step,
                 latent=latent, render=render,
                 stage=args.stage, batch=args.batch, sample_steps=args.sample_steps)
   if args.sweep:
     if args.step != "train":
       raise SystemExit("--sweep plans training (--step train)")
     journal = Journal(os.path.join(args.out, "sweep_candidates.jsonl") if args.out else None)
-    rows = sweep(req, meshes=[req.mesh] if args.mesh else None, journal=journal)
+    rows = sweep(req, meshes=meshes, journal=journal)
     text = format_sweep(rows, args.config)
     print(text)
     if args.out:

@@ -176,3 +176,28 @@ def test_sweep_journal_resumes_without_replanning(tmp_path):
   aot.sweep(other, meshes=[sizes], log=lambda *_: None, plan_fn=fake_plan,
             journal=aot.Journal(path))
   assert calls == planned
+
+
+def test_sweep_restricted_to_several_meshes_from_the_command_line(tmp_path, monkeypatch):
+  """`--sweep --mesh 'fsdp=4;data=4'` plans exactly those meshes (a sweep split across hosts or
+  finished in parts); several meshes without --sweep are refused."""
+  planned = []
+
+  def fake_plan(cand, **_):
+    planned.append(aot.mesh_spec_str(cand.mesh))
+    return {"fits": True, "need_bytes": aot.GIB, "mesh": aot.mesh_spec_str(cand.mesh),
+            "remat": aot.remat_of(cand), "accum_steps": int(cand.config.optim.accum_steps),
+            "step_seconds": 2.0 if cand.mesh["data"] == 4 else 1.0, "mfu": 0.5,
+            "tokens_per_second": 1.0}
+
+  monkeypatch.setattr(aot, "plan", fake_plan)
+  argv = ["--config", TINY, "--topology", "v5p:2x2x1", "--sweep", "--mesh", "fsdp=4;data=4",
+          "--out", str(tmp_path), "--config.data.batch_size=16"]
+  assert aot.main(argv) == 0
+  assert sorted(set(planned)) == ["data=1,fsdp=4,tensor=1,sequence=1",
+                                  "data=4,fsdp=1,tensor=1,sequence=1"]
+  text = (tmp_path / "sweep.txt").read_text()
+  assert "--config.mesh=data=1,fsdp=4,tensor=1,sequence=1" in text  # the faster one is best
+  assert [m["fsdp"] for m in aot.parse_meshes("fsdp=4; data=4 ;", 4)] == [4, 1]
+  with pytest.raises(SystemExit, match="for --sweep"):
+    aot.main(["--config", TINY, "--topology", "v5p:2x2x1", "--mesh", "fsdp=4;data=4"])
