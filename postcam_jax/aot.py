@@ -16,6 +16,11 @@ Two blind spots of XLA's cost model are handled and labelled in every report:
   1-layer compiles of the same step and extrapolated linearly to L layers (c0 + L (c1 - c0));
 - Pallas kernels without a ``cost_estimate`` (splash attention) are priced at zero, so their
   analytic FLOPs (from the custom calls' operand shapes in the compiled HLO) are added, at peak.
+A third, found on v6e: each ``ConcatBitcast`` custom call (a concatenation of VMEM-prefetched
+weight slices that is only a bitcast) is priced at exactly -1 s, a "no estimate" sentinel, so a
+1.3B step came out at -21,000 s. The planner counts them in the compiled HLO and takes the -1 s
+back out (the op itself moves no data: priced at zero); a step whose time is still negative is
+an error, never a report.
 """
 
 import os
@@ -451,14 +456,30 @@ def hlo_kernel_flops(hlo: str) -> tuple[float, dict]:
   return total, launches
 
 
+# Custom calls the TPU cost model prices at -1 s each (its "no estimate" sentinel; seen on v6e for
+# ConcatBitcast, a concatenation that is only a bitcast of its operands).
+SENTINEL_TARGETS = ("ConcatBitcast",)
+_SENTINEL = re.compile(r'custom_call_target="(' + "|".join(SENTINEL_TARGETS) + r')"')
+
+
 def cost_of(compiled) -> dict:
-  """The cost model's numbers for one compiled step, plus the splash FLOPs it leaves out."""
+  """The cost model's numbers for one compiled step, plus the splash FLOPs it leaves out, with
+  the -1 s sentinels of ``SENTINEL_TARGETS`` taken back out (each counted once per instruction,
+  as the cost model counts them)."""
   cost = compiled.cost_analysis() or {}
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
-  kernel_flops, launches = hlo_kernel_flops(compiled.as_text())
-  return {"flops": float(cost.get("flops", 0.0)),
-          "optimal_seconds": float(cost.get("optimal_seconds", 0.0)),
+  hlo = compiled.as_text()
+  kernel_flops, launches = hlo_kernel_flops(hlo)
+  sentinels = len(_SENTINEL.findall(hlo))
+  reported = float(cost.get("optimal_seconds", 0.0))
+  seconds = reported + 1.0 * sentinels
+  if seconds < 0:
+    raise ValueError(f"the TPU cost model returned a negative time ({reported:.4g} s, "
+                     f"{seconds:.4g} s after {sentinels} sentinel custom calls); an op it cannot "
+                     f"price is not in aot.SENTINEL_TARGETS")
+  return {"flops": float(cost.get("flops", 0.0)), "optimal_seconds": seconds,
+          "reported_optimal_seconds": reported, "sentinel_custom_calls": sentinels,
           "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
           "kernel_flops": kernel_flops, "kernel_launches": launches}
 
@@ -491,6 +512,7 @@ def layer_extrapolated_cost(req: Request, num_layers: int) -> dict:
   out = {k: c[0][k] + num_layers * (c[1][k] - c[0][k]) for k in keys}
   out["per_layer"] = {k: c[1][k] - c[0][k] for k in keys}
   out["kernel_launches_per_layer"] = c[1]["kernel_launches"]
+  out["sentinel_custom_calls_per_layer"] = c[1]["sentinel_custom_calls"]
   return out
 
 
@@ -624,8 +646,14 @@ def format_report(r: dict) -> str:
         f"  compiler FLOPs  {r['compiler_flops']:.4g} (all chips; splash kernels added: "
         f"{e['kernel_flops']:.4g} per chip per repeat) vs analytic model FLOPs "
         f"{r['model_flops']:.4g}",
-        f"  estimated time  {r['step_seconds']:.4f} s per step (cost model optimal_seconds, "
-        f"layers extrapolated from 0/1-layer compiles, splash priced at bf16 peak)",
+        f"  estimated time  {r['step_seconds']:.4f} s "
+        + ("per video (every sampling step, CFG included)" if r["step"] == "sample"
+           else "per step")
+        + " (cost model optimal_seconds, layers extrapolated from 0/1-layer compiles, splash "
+        f"priced at bf16 peak"
+        + (", the -1 s ConcatBitcast sentinels taken out"
+           if e.get("sentinel_custom_calls_per_layer") else "")
+        + ")",
         f"  MFU             {100 * r['mfu']:.1f} % of {r['bf16_peak'] / 1e12:.0f} TFLOP/s x "
         f"{r['chips']}",
         f"  tokens/s        {r['tokens_per_second']:.0f}   samples/s {r['samples_per_second']:.3f}"]

@@ -201,3 +201,36 @@ def test_sweep_restricted_to_several_meshes_from_the_command_line(tmp_path, monk
   assert [m["fsdp"] for m in aot.parse_meshes("fsdp=4; data=4 ;", 4)] == [4, 1]
   with pytest.raises(SystemExit, match="for --sweep"):
     aot.main(["--config", TINY, "--topology", "v5p:2x2x1", "--mesh", "fsdp=4;data=4"])
+
+
+def test_v6e_concat_bitcast_sentinels_are_taken_out_of_the_cost():
+  """On v6e the cost model prices each ConcatBitcast custom call at -1 s. A 0-block 1.3B forward
+  at latent [3, 30, 52] compiles one (the full-size steps have dozens): its reported time is
+  negative; the planner's is the rest of the program, about its bytes at HBM bandwidth."""
+  config = aot.with_layers(
+      aot.load_config(os.path.join(REPO, "configs", "postcam_1p3b.py"),
+                      ["--config.model.remat=none"]), 0)
+  req = aot.Request(config=config, topology="v6e:1x1", mesh=aot.parse_mesh("fsdp=1", 1),
+                    step="forward", latent=(3, 30, 52), render=None, batch=1)
+  lowered, _ = aot.lower_step(req)
+  cost = aot.cost_of(lowered.compile())
+  assert cost["sentinel_custom_calls"] >= 1
+  assert cost["reported_optimal_seconds"] < 0
+  assert cost["optimal_seconds"] == pytest.approx(
+      cost["reported_optimal_seconds"] + cost["sentinel_custom_calls"], abs=1e-9)
+  memory_bound = cost["bytes_accessed"] / chips.CHIPS["v6e"].hbm_bandwidth
+  assert 0.5 * memory_bound < cost["optimal_seconds"] < 4 * memory_bound
+
+
+def test_a_negative_time_left_after_the_sentinels_is_an_error():
+  class FakeCompiled:
+    def cost_analysis(self):
+      return {"flops": 1.0, "optimal_seconds": -2.5, "bytes accessed": 1.0}
+
+    def as_text(self):
+      return 'ENTRY %main {\n  %c = f32[8]{0} custom-call(), custom_call_target="ConcatBitcast"\n}'
+
+  with pytest.raises(ValueError, match="negative time"):
+    aot.cost_of(FakeCompiled())
+  FakeCompiled.cost_analysis = lambda self: {"flops": 1.0, "optimal_seconds": -0.75}
+  assert aot.cost_of(FakeCompiled())["optimal_seconds"] == pytest.approx(0.25)
