@@ -526,7 +526,9 @@ def memory_of(compiled) -> dict:
   return out
 
 
-_OOM = re.compile(r"required for .*?\(([\d.]+)([GMK])\) exceeds available HBM \(([\d.]+)G\)")
+# The compiler's two phrasings of an out-of-HBM verdict (the second seen on v5e, just over).
+_OOM = re.compile(r"required for .*?\(([\d.]+)([GMK])\) exceeds available HBM \(([\d.]+)G\)"
+                  r"|Used ([\d.]+)([GMK]) of ([\d.]+)G hbm")
 
 
 def oom_bytes(message: str) -> int | None:
@@ -534,8 +536,8 @@ def oom_bytes(message: str) -> int | None:
   m = _OOM.search(message)
   if not m:
     return None
-  scale = {"G": GIB, "M": 1024 ** 2, "K": 1024}[m.group(2)]
-  return int(float(m.group(1)) * scale)
+  value, unit = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(5))
+  return int(float(value) * {"G": GIB, "M": 1024 ** 2, "K": 1024}[unit])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -234,3 +234,13 @@ def test_a_negative_time_left_after_the_sentinels_is_an_error():
     aot.cost_of(FakeCompiled())
   FakeCompiled.cost_analysis = lambda self: {"flops": 1.0, "optimal_seconds": -0.75}
   assert aot.cost_of(FakeCompiled())["optimal_seconds"] == pytest.approx(0.25)
+
+
+def test_both_phrasings_of_the_compilers_out_of_hbm_verdict_are_read():
+  assert aot.oom_bytes("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
+                       "for HLO temporaries (53.46G) exceeds available HBM (31.25G).") == int(
+                           53.46 * aot.GIB)
+  assert aot.oom_bytes("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent "
+                       "error. Ran out of memory in memory space hbm. Used 15.80G of 15.75G hbm. "
+                       "Exceeded hbm capacity by 56.38M.") == int(15.80 * aot.GIB)
+  assert aot.oom_bytes("INTERNAL: something else") is None
