@@ -69,19 +69,19 @@ class PostCamConfig(WanConfig):
   def camera_width(self) -> int:
     return PLUCKER_DIM if self.plucker else 12
 
+  # The release builds on Wan2.1-T2V; its sizes are the backbone's.
   @classmethod
   def release_1_3b(cls, **kw):
-    return cls(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, **kw)
+    return cls.t2v_1_3b(**kw)
 
   @classmethod
   def release_14b(cls, **kw):
-    return cls(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, **kw)
+    return cls.t2v_14b(**kw)
 
   @classmethod
   def tiny(cls, **kw):
-    base = dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=512)
-    base.update(kw)
-    return cls(**base)
+    # The golden fixtures' tiny release model keeps Wan's 512-token text length.
+    return super().tiny(**{"text_len": 512, **kw})
 
 
 class QuerySharedCrossAttention(Attention):
