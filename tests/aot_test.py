@@ -244,3 +244,37 @@ def test_both_phrasings_of_the_compilers_out_of_hbm_verdict_are_read():
                        "error. Ran out of memory in memory space hbm. Used 15.80G of 15.75G hbm. "
                        "Exceeded hbm capacity by 56.38M.") == int(15.80 * aot.GIB)
   assert aot.oom_bytes("INTERNAL: something else") is None
+
+
+def test_tpu_targets_script_builds_the_real_requests_and_fails_a_missed_target(monkeypatch, capsys):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location(
+      "tpu_targets", os.path.join(REPO, "benchmarks", "tpu_targets.py"))
+  targets = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(targets)
+  train_req = targets.request_for(targets.TARGETS["train_v5p8"])
+  assert (train_req.mesh["fsdp"], train_req.config.model.remat,
+          train_req.config.optim.accum_steps, train_req.config.data.batch_size) == (
+              8, "dots_no_batch", 2, 16)
+  assert train_req.latent == (11, 60, 104) and train_req.render == (11, 15, 26)
+  fwd_req = targets.request_for(targets.TARGETS["wan_forward"])
+  assert (fwd_req.step, fwd_req.latent, fwd_req.batch, fwd_req.config.model.remat) == (
+      "wan_forward", (21, 60, 104), 1, "none")
+
+  def fake_plan(seconds, mfu, fits=True):
+    def plan(req, out_dir=None):
+      del req, out_dir
+      return {"fits": fits, "gap": "1.0 GiB over per chip", "step_seconds": seconds, "mfu": mfu,
+              "need_bytes": 2 ** 30}
+    return plan
+
+  monkeypatch.setattr(aot, "plan", fake_plan(0.74, 0.58))
+  assert targets.main([]) == 0
+  monkeypatch.setattr(aot, "plan", fake_plan(0.76, 0.58))
+  assert targets.main(["--only", "wan_forward"]) == 1
+  assert "MISSED" in capsys.readouterr().out
+  monkeypatch.setattr(aot, "plan", fake_plan(0.70, 0.49))
+  assert targets.main(["--only", "train_v5p8"]) == 1
+  monkeypatch.setattr(aot, "plan", fake_plan(0.70, 0.60, fits=False))
+  assert targets.main(["--only", "train_v5p8"]) == 2
+  assert "does not fit" in capsys.readouterr().out
