@@ -827,7 +827,8 @@ def parse_shape(text: str | None):
     raise ValueError(f"shapes are F,H,W latent sizes like 11,60,104; got {text!r}") from None
 
 
-def main(argv=None) -> int:
+def parse_request(argv=None):
+  """The command line as (``Request``, the sweep's meshes or None, the parsed arguments)."""
   p = argparse.ArgumentParser(prog="python -m postcam_jax.aot", description=__doc__.split("\n")[0])
   p.add_argument("--config", required=True)
   p.add_argument("--topology", required=True)
@@ -858,6 +859,11 @@ def main(argv=None) -> int:
                 step=args.step,
                 latent=latent, render=render,
                 stage=args.stage, batch=args.batch, sample_steps=args.sample_steps)
+  return req, meshes, args
+
+
+def main(argv=None) -> int:
+  req, meshes, args = parse_request(argv)
   if args.sweep:
     if args.step != "train":
       raise SystemExit("--sweep plans training (--step train)")

@@ -263,9 +263,9 @@ def test_tpu_targets_script_builds_the_real_requests_and_fails_a_missed_target(m
 
   def fake_plan(seconds, mfu, fits=True):
     def plan(req, out_dir=None):
-      del req, out_dir
+      del out_dir
       return {"fits": fits, "gap": "1.0 GiB over per chip", "step_seconds": seconds, "mfu": mfu,
-              "need_bytes": 2 ** 30}
+              "need_bytes": 2 ** 30, "topology": req.topology, "mesh": aot.mesh_spec_str(req.mesh)}
     return plan
 
   monkeypatch.setattr(aot, "plan", fake_plan(0.74, 0.58))
