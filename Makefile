@@ -12,6 +12,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[test,convert,tpu]"
+	$(BIN)/pip install -q --no-deps depth-anything-3==0.1.1 torchvision==0.28.0
 	touch $(STAMP)
 
 install: $(STAMP)

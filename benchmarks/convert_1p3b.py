@@ -21,10 +21,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from benchmarks import _timing  # noqa: E402
-from postcam_jax import checkpoints  # noqa: E402
+from postcam_jax.io import model_dir  # noqa: E402
 from tests import reference  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +51,7 @@ def main():
   peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
   if ref is None:
     ref = reference.diffusers_wan(cfg, seed=0)  # same seed -> same weights
-  model = checkpoints.load_dit(out)
+  model = model_dir.load_dit(out)
   rng = np.random.default_rng(0)
   lat = rng.standard_normal((1, 2, 8, 8, 16)).astype(np.float32)
   t = np.array([700.0], np.float32)
@@ -65,7 +64,7 @@ def main():
                 convert_peak_rss_gib=round(peak_child, 2), parity=_timing.rel_err(got, want),
                 parity_exact_time_sinusoid=_timing.rel_err(got, exact),
                 params=int(sum(np.prod(v.shape) for v in
-                               checkpoints.to_numpy_flat(model).values())))
+                               model_dir.to_numpy_flat(model).values())))
   print(json.dumps(result, indent=1))
 
 

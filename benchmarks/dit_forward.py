@@ -25,8 +25,8 @@ import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks import _timing  # noqa: E402
-from postcam_jax import checkpoints  # noqa: E402
 from postcam_jax.convert import wan as wan_convert  # noqa: E402
+from postcam_jax.io import model_dir  # noqa: E402
 from tests import reference  # noqa: E402
 
 # name -> (model kwargs, latent [F, H, W], context length)
@@ -46,7 +46,7 @@ def run(name, repeats, device, dtype):
   with tempfile.TemporaryDirectory() as d:
     ref.save_pretrained(f"{d}/src")
     wan_convert.convert_dit(f"{d}/src", f"{d}/jax")
-    model = checkpoints.load_dit(f"{d}/jax", precision="release" if dtype == "bfloat16"
+    model = model_dir.load_dit(f"{d}/jax", precision="release" if dtype == "bfloat16"
                                  else "float32")
   ref = ref.to("cuda" if device == "gpu" else "cpu",
                torch.bfloat16 if dtype == "bfloat16" else torch.float32)

@@ -7,7 +7,7 @@
 Everything comes from abstract shapes (``nnx.eval_shape``), nothing is allocated, and the mesh is
 an ``AbstractMesh`` (no devices needed):
 
-- parameters: every parameter's shard under ``postcam_jax.sharding`` (logical names -> mesh);
+- parameters: every parameter's shard under ``postcam_jax.parallel`` (logical names -> mesh);
 - gradients and AdamW (two float32 moments) for the trainable set only
   (``postcam_jax.models.postcam.trainable``), sharded like the parameters;
 - activations: the residuals JAX keeps for the backward pass of one block
@@ -25,23 +25,25 @@ offloaded), the data pipeline.
 """
 
 import argparse
+import contextlib
 import math
 import os
 import sys
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
 # The engine behind the public jax.ad_checkpoint.print_saved_residuals (which only prints).
 from jax._src.ad_checkpoint import saved_residuals
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from postcam_jax import sharding  # pylint: disable=wrong-import-position
-from postcam_jax.models import attention as attention_lib  # pylint: disable=wrong-import-position
-from postcam_jax.models import layers  # pylint: disable=wrong-import-position
-from postcam_jax.models import postcam  # pylint: disable=wrong-import-position
+from postcam_jax import parallel  # pylint: disable=wrong-import-position
+from postcam_jax.models import layers, postcam, precision  # pylint: disable=wrong-import-position
+from postcam_jax.models.attention import local  # pylint: disable=wrong-import-position
 
 PostCamBlock, PostCamConfig, PostCamModel = postcam.PostCamBlock, postcam.PostCamConfig, \
     postcam.PostCamModel
@@ -78,7 +80,7 @@ def _recompute_fwd(q, k, v):
 
 def _recompute_bwd(res, g):
   q, k, v, _, _ = res
-  _, vjp = jax.vjp(attention_lib.xla_attention, q, k, v)
+  _, vjp = jax.vjp(local.xla_attention, q, k, v)
   return vjp(g)
 
 
@@ -86,11 +88,11 @@ recompute_attention.defvjp(_recompute_fwd, _recompute_bwd)
 
 
 def parse_mesh(spec: str) -> dict[str, int]:
-  sizes = {a: 1 for a in sharding.MESH_AXES}
+  sizes = {a: 1 for a in parallel.MESH_AXES}
   for part in filter(None, spec.split(",")):
     name, _, value = part.partition("=")
     if name.strip() not in sizes:
-      raise ValueError(f"unknown mesh axis {name!r} in {spec!r}; axes are {sharding.MESH_AXES}")
+      raise ValueError(f"unknown mesh axis {name!r} in {spec!r}; axes are {parallel.MESH_AXES}")
     sizes[name.strip()] = int(value)
   return sizes
 
@@ -202,8 +204,8 @@ def estimate(model: str, mesh: str, batch: int, latent, render, text_len: int, p
   abstract = nnx.eval_shape(lambda: PostCamModel(cfg, rngs=nnx.Rngs(0)))
   params = nnx.state(abstract, nnx.Param)
   train = nnx.state(abstract, trainable)
-  param_bytes = shard_bytes(params, sharding.param_shardings(params, amesh))
-  train_shardings = sharding.param_shardings(train, amesh)
+  param_bytes = shard_bytes(params, parallel.param_shardings(params, amesh))
+  train_shardings = parallel.param_shardings(train, amesh)
   grad_bytes = shard_bytes(train, train_shardings)
   f32 = jax.tree.map(lambda v: v.replace(jax.ShapeDtypeStruct(v.shape, jnp.float32)), train,
                      is_leaf=lambda v: isinstance(v, nnx.Variable))
@@ -212,14 +214,11 @@ def estimate(model: str, mesh: str, batch: int, latent, render, text_len: int, p
   x, r, shared, lengths = block_inputs(cfg, batch, latent, render, text_len)
   tokens = {v for v in lengths.values() if v}
   split = Splitter(cfg, sizes, batch, tokens)
-  saved = attention_lib.IMPLEMENTATIONS["auto"]
-  if kernel == "flash":
-    attention_lib.IMPLEMENTATIONS["auto"] = lambda q, k, v, precision=None: \
-        recompute_attention(q, k, v)
-  try:
+  # A fused kernel keeps no [H, L, L] residuals: model it by an attention that recomputes.
+  fused = mock.patch.object(local, "xla_attention",
+                            lambda q, k, v, **_: recompute_attention(q, k, v))
+  with fused if kernel == "flash" else contextlib.nullcontext():
     per_layer, full_block = block_residuals(cfg, x, r, shared, remat)
-  finally:
-    attention_lib.IMPLEMENTATIONS["auto"] = saved
   carry = sum(split.bytes(a) for a in (x, r) if a is not None)
   per_layer_bytes = sum(split.bytes(a) for a in per_layer)
   if not any(a.shape == x.shape for a in per_layer):  # the carry is kept even if not reported
@@ -295,7 +294,7 @@ def main(argv=None):
   parser.add_argument("--render", type=triple, default=(11, 15, 26),
                       help="render latent F,H,W or none")
   parser.add_argument("--text", type=int, default=512, help="text tokens")
-  parser.add_argument("--precision", default="mixed", choices=sorted(layers.POLICIES))
+  parser.add_argument("--precision", default="mixed", choices=sorted(precision.POLICIES))
   parser.add_argument("--remat", default="full", help="none, full, dots, dots_no_batch, everything")
   parser.add_argument("--kernel", default="flash", choices=("flash", "xla"))
   args = parser.parse_args(argv)

@@ -5,7 +5,7 @@ step's ratio to diffusers' Wan forward at the same token count.
 
 The tiny config is the fixture's (dim 64, 2 heads, ffn 128, 2 layers, text_dim 32) with the tiny
 Wan-VAE (random weights, drawn in numpy), 41 frames at ``--size``. One step = one CFG forward at
-batch 2 (positive and negative branch) plus the solver update, as ``postcam_jax.sampling`` runs
+batch 2 (positive and negative branch) plus the solver update, as ``postcam_jax.inference.sampling`` runs
 it; the reference is diffusers' ``WanTransformer3DModel`` (same dim/heads/ffn/layers, random
 weights, eager float32) at batch 2 over the same main-token count ([target ; source] frames).
 "Per video" = render + two VAE encodes + the jitted denoising loop + VAE decode, compiled code
@@ -27,7 +27,9 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks import _timing  # noqa: E402
-from postcam_jax import checkpoints, render, sampling  # noqa: E402
+from postcam_jax.geometry import render
+from postcam_jax.inference import sampling
+from postcam_jax.io import model_dir  # noqa: E402
 from postcam_jax.models.postcam import PostCamConfig, PostCamModel  # noqa: E402
 from postcam_jax.models.vae import WanVAE, WanVAEConfig  # noqa: E402
 from tests import reference  # noqa: E402
@@ -42,14 +44,14 @@ def tiny_vae(seed=0):
   abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
   rng = np.random.default_rng(seed)
   flat = {}
-  for key, leaf in checkpoints.abstract_params(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))).items():
+  for key, leaf in model_dir.abstract_params(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))).items():
     if len(leaf.shape) >= 2:
       flat[key] = jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1])),
                               jnp.float32)
     else:
       flat[key] = jnp.full(leaf.shape, 0.0 if key.endswith("bias") else 1.0, jnp.float32)
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-  nnx.replace_by_pure_dict(params, checkpoints.unflatten(flat))
+  nnx.replace_by_pure_dict(params, model_dir.unflatten(flat))
   return nnx.merge(graphdef, params, rest)
 
 

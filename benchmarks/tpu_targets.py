@@ -4,7 +4,7 @@
   python benchmarks/tpu_targets.py --only wan_forward   # one of them
   python benchmarks/tpu_targets.py --out /tmp/targets   # also keep each report + HLO
 
-Targets (estimates of XLA's TPU cost model, priced by ``postcam_jax.aot``):
+Targets (estimates of XLA's TPU cost model, priced by ``postcam_jax.planning``):
   wan_forward  plain Wan2.1-1.3B forward, latent [1, 21, 60, 104, 16], text [1, 512, 4096], bf16
                (``mixed``), on v5p:1x1x1: estimated time <= 0.75 s (maxdiffusion's default path
                compiles to 0.79 s there once its attention is priced; peak-FLOPs bound 0.62 s);
@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from postcam_jax import aot  # noqa: E402
+from postcam_jax import planning  # noqa: E402
 
 CONFIG = "configs/postcam_1p3b.py"
 
@@ -38,9 +38,9 @@ TARGETS = {
 }
 
 
-def request_for(target: dict) -> "aot.Request":
+def request_for(target: dict) -> "planning.Request":
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  req, _, _ = aot.parse_request(["--config", os.path.join(root, CONFIG), *target["argv"]])
+  req, _, _ = planning.parse_request(["--config", os.path.join(root, CONFIG), *target["argv"]])
   return req
 
 
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
   for name in args.only or list(TARGETS):
     target = TARGETS[name]
     out = os.path.join(args.out, name) if args.out else None
-    report = aot.plan(request_for(target), out_dir=out)
+    report = planning.planner.plan(request_for(target), out_dir=out)
     if not report["fits"]:
       print(f"{name}: does not fit: {report['gap']}")
       status = max(status, 2)
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     print(f"{name} on {report['topology']} ({report['mesh']}): {target['metric']} {value:.4f} "
           f"(target {sign} {target['bound']}): {'met' if ok else 'MISSED'}; step "
           f"{report['step_seconds']:.4f} s, MFU {100 * report['mfu']:.1f} %, "
-          f"{report['need_bytes'] / aot.GIB:.2f} GiB/chip")
+          f"{report['need_bytes'] / planning.GIB:.2f} GiB/chip")
     if not ok:
       status = max(status, 1)
   return status

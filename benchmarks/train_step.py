@@ -5,7 +5,7 @@
       --frames 11 --height 60 --width 104 --batch 1        # 480x832x41 on a GPU
 
 Latent sizes are given directly ([F, H, W] of the VAE latent; the render latent is 4x smaller).
-MFU uses the analytic model FLOPs of ``postcam_jax.flops`` over the device's bf16 peak (GPU/TPU
+MFU uses the analytic model FLOPs of ``postcam_jax.models.flops`` over the device's bf16 peak (GPU/TPU
 tables) or, on CPU, over a measured float32 matmul peak (reported as such).
 """
 
@@ -19,7 +19,9 @@ import ml_collections
 import numpy as np
 
 from configs import common
-from postcam_jax import flops, losses, sharding, train
+from postcam_jax import parallel, training
+from postcam_jax.models import flops
+from postcam_jax.training import losses
 
 
 def measured_matmul_peak(n=2048, repeats=5) -> float:
@@ -41,7 +43,7 @@ def main():
   p.add_argument("--height", type=int, default=16)
   p.add_argument("--width", type=int, default=24)
   p.add_argument("--batch", type=int, default=2)
-  p.add_argument("--stage", default="joint", choices=sorted(train.STAGE_KINDS))
+  p.add_argument("--stage", default="joint", choices=sorted(training.STAGE_KINDS))
   p.add_argument("--steps", type=int, default=20)
   args = p.parse_args()
 
@@ -50,15 +52,15 @@ def main():
   config.model = common.model(args.preset, precision=args.precision, remat=args.remat,
                               **({"text_len": text_len} if args.preset == "tiny" else {}))
   config.data = ml_collections.ConfigDict(dict(batch_size=args.batch, text_len=text_len))
-  cfg = train.model_config(config)
-  mesh = sharding.mesh_from_spec(None, devices=jax.devices()[:1])
-  model, _ = train.create_model(config, cfg, mesh)
-  tx, _ = train.make_optimizer(config)
-  optimizer = train.create_optimizer(model, tx, mesh)
-  graphdef, params, frozen_params, opt = train.split_train_state(model, optimizer)
+  cfg = training.model_config(config)
+  mesh = parallel.make_mesh(None, devices=jax.devices()[:1])
+  model, _ = training.create_model(config, cfg, mesh)
+  tx, _ = training.make_optimizer(config)
+  optimizer = training.create_optimizer(model, tx, mesh)
+  graphdef, params, frozen_params, opt = training.split_train_state(model, optimizer)
   del model, optimizer
-  camera, render = train.STAGE_KINDS[args.stage]
-  step = train.make_train_step(graphdef, losses.LossConfig(), camera=camera, render=render)
+  camera, render = training.STAGE_KINDS[args.stage]
+  step = training.make_train_step(graphdef, losses.LossConfig(), camera=camera, render=render)
   latent = (args.frames, args.height, args.width)
   render_shape = (args.frames, args.height // 4, args.width // 4) if render else None
   rng = np.random.default_rng(0)
@@ -68,8 +70,8 @@ def main():
            "camera": rng.standard_normal((args.batch, 11, 12))}
   if render:
     batch["render_latent"] = rng.standard_normal((args.batch, *render_shape, 16))
-  batch = train.global_batch({k: v.astype(np.float32) for k, v in batch.items()},
-                             train.batch_sharding(mesh, args.batch))
+  batch = training.global_batch({k: v.astype(np.float32) for k, v in batch.items()},
+                             training.batch_sharding(mesh, args.batch))
   key = jax.random.key_data(jax.random.key(0))
   with jax.set_mesh(mesh):
     t = time.perf_counter()

@@ -94,8 +94,9 @@ def run_diffusers(vae, video, latent, recon) -> dict:
   """The same weights and clip through diffusers (converted back to torch layout)."""
   import torch  # pylint: disable=import-outside-toplevel
   from diffusers import AutoencoderKLWan  # pylint: disable=import-outside-toplevel
-  from postcam_jax.checkpoints import to_numpy_flat  # pylint: disable=import-outside-toplevel
+
   from postcam_jax.convert import vae as convert  # pylint: disable=import-outside-toplevel
+  from postcam_jax.io.model_dir import to_numpy_flat  # pylint: disable=import-outside-toplevel
 
   device = "cuda" if torch.cuda.is_available() else "cpu"
   ref = AutoencoderKLWan().to(device).eval()

@@ -15,7 +15,7 @@ The names are the spec's (postcam.md, "Stages, trainable parameters, ablations")
 
 The backbone must be an ``init-postcam`` directory of the same variant (``--variant separate``,
 ``--variant kv_sum``, ``--variant plucker_add``, ``--camera-input plucker``). The Plucker variants
-read the camera as rays per target token, ``postcam_jax.cameras.plucker_tokens(target_w2c,
+read the camera as rays per target token, ``postcam_jax.geometry.cameras.plucker_tokens(target_w2c,
 intrinsics, latent_shape)`` [B, N, 24], instead of the 11 RT tokens. Append ``,tiny`` for the
 CPU-sized version on generated scenes (e.g. ``configs/ablations.py:render_first,tiny``).
 """

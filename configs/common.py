@@ -1,4 +1,4 @@
-"""Shared blocks of the training configs (``configs/*.py``; read by ``postcam_jax.train``)."""
+"""Shared blocks of the training configs (``configs/*.py``; read by ``postcam_jax.training``)."""
 
 import ml_collections
 
@@ -52,7 +52,7 @@ def data_arrayrecord(batch_size: int, num_frames: int, height: int, width: int,
 
 def data_synthetic(batch_size: int, cache_dir: str = "/tmp/postcam_synthetic",
                    **overrides) -> ml_collections.ConfigDict:
-  """Generated scenes encoded in memory by the stand-in encoders (``postcam_jax.train_data``)."""
+  """Generated scenes encoded in memory by the stand-in encoders (``postcam_jax.training.data``)."""
   fields = dict(
       source="synthetic", cache_dir=cache_dir, batch_size=batch_size, num_scenes=2,
       num_eval_scenes=0, num_cameras=4, num_frames=9, height=128, width=192, seed=0,
@@ -80,7 +80,7 @@ def base(**overrides) -> ml_collections.ConfigDict:
                                           sigmas=(0.1, 0.3, 0.5, 0.7, 0.9),
                                           zero_camera_baseline=True))
   c.log_every = 50
-  c.peak_flops_per_device = 0.0    # 0: from postcam_jax.flops tables (unknown on CPU)
+  c.peak_flops_per_device = 0.0    # 0: from postcam_jax.models.flops tables (unknown on CPU)
   c.update(overrides)
   return c
 

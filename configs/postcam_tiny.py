@@ -3,7 +3,7 @@
   python -m postcam_jax.train --config configs/postcam_tiny.py --workdir /tmp/postcam_tiny
 
 Scenes come from ``postcam_jax.data.synthetic`` (128x192, 9 frames), are rendered with the
-release's warp and encoded by the stand-in encoders of ``postcam_jax.train_data``; random weights
+release's warp and encoded by the stand-in encoders of ``postcam_jax.training.data``; random weights
 (no backbone). ``get_config("overfit")`` repeats one small batch (no shuffling) for overfit checks.
 """
 

@@ -6,7 +6,7 @@
 
 A command starting with ``-m``/``-c`` or a ``.py`` file runs under this Python. Every process gets
 ``JAX_PLATFORMS=cpu``, ``--xla_force_host_platform_device_count=K`` and the coordinator variables
-that ``postcam_jax.distributed.initialize()`` reads (a free localhost port; process 0 hosts the
+that ``postcam_jax.parallel.distributed.initialize()`` reads (a free localhost port; process 0 hosts the
 coordinator). Output lines are prefixed with the process index. If one process fails or the
 timeout passes, the others are stopped; the exit status is the first non-zero one.
 """

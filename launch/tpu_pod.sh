@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Run one command on every worker of an existing Cloud TPU VM slice (creates nothing).
 #
-#   launch/tpu_pod.sh TPU_NAME ZONE [PROJECT] -- python -m postcam_jax.main --config=...
+#   launch/tpu_pod.sh TPU_NAME ZONE [PROJECT] -- python -m postcam_jax.train --config=...
 #
 # The command runs from REPO_DIR on each worker (default: ~/postcam-jax, which must already hold
-# this repository and its virtualenv; see SETUP below). postcam_jax.distributed.initialize() then
+# this repository and its virtualenv; see SETUP below). postcam_jax.parallel.distributed.initialize() then
 # calls jax.distributed.initialize() with no arguments: the TPU metadata gives every worker its
 # index and the coordinator. Environment for the workers: POSTCAM_DISTRIBUTED=auto, plus anything
 # in EXTRA_ENV (e.g. EXTRA_ENV="XLA_FLAGS=... WANDB_MODE=offline").

@@ -7,7 +7,7 @@
 2. pretrains a tiny Wan DiT on the generated videos (the stand-in for the released Wan2.1
    weights), turns it into a trainable PostCam with ``init-postcam`` (projector zero), and trains
    the paper's trainable set through stage 1 (pose only) and stage 2 (pose + render) with the
-   project's trainer (``postcam_jax.train``). Latents come from the PCA stand-in codec
+   project's trainer (``postcam_jax.training``). Latents come from the PCA stand-in codec
    (``postcam_jax.data.codec``): a random Wan-VAE could not reconstruct pixels;
 3. samples held-out (source, target camera) pairs of unseen scenes with the release's Euler
    sampler, the render made by the release's warp from the source video and its depth;
@@ -22,8 +22,26 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from flax import nnx
 from ml_collections import config_flags
+from PIL import Image
+from tqdm import tqdm
+
+from postcam_jax import training
+from postcam_jax.convert import postcam as postcam_convert
+from postcam_jax.data import arrayrecord, multicam, pairs, synthetic
+from postcam_jax.evaluation import fidelity
+from postcam_jax.inference import cli as sample_cli
+from postcam_jax.inference import sampling
+from postcam_jax.io import model_dir, video
+from postcam_jax.models.wan import WanConfig, WanModel
+from postcam_jax.training import data as train_data
+from postcam_jax.training import losses
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
@@ -35,19 +53,8 @@ config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "demo.p
                                 "the demo's training config", lock_config=True)
 
 
-def psnr(a, b) -> float:
-  """PSNR in dB of videos in [-1, 1] (peak-to-peak 2)."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-  return float("inf") if mse == 0 else 10.0 * float(np.log10(4.0 / mse))
-
-
 def held_out_pairs(config, workdir, codec, num_pairs):
   """Pixel and latent examples of pairs from scenes the model never saw."""
-  # pylint: disable=import-outside-toplevel
-  import numpy as np
-  from postcam_jax import train_data
-  from postcam_jax.data import arrayrecord, multicam, pairs, synthetic
   data = config.data
   root = os.path.join(workdir, "heldout_scenes")
   if not os.path.exists(os.path.join(root, "train")):
@@ -78,23 +85,12 @@ def pretrain_backbone(config, workdir, steps):
   """A tiny Wan DiT trained on the generated videos' latents (all parameters, flow matching):
   the demo's stand-in for the pretrained Wan2.1 that PostCam starts from. Returns the directory
   of the trainable PostCam made from it by ``init-postcam``."""
-  # pylint: disable=import-outside-toplevel
-  import dataclasses as dc
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  import optax
-  from flax import nnx
-  from tqdm import tqdm
-  from postcam_jax import checkpoints, losses, train, train_data
-  from postcam_jax.convert import postcam as postcam_convert
-  from postcam_jax.models.wan import WanConfig, WanModel
 
   out = os.path.join(workdir, "postcam_init")
   if os.path.exists(out):
     return out
-  cfg = train.model_config(config)
-  wan_fields = {f.name for f in dc.fields(WanConfig)}
+  cfg = training.model_config(config)
+  wan_fields = {f.name for f in dataclasses.fields(WanConfig)}
   wcfg = WanConfig(**{k: v for k, v in cfg.to_dict().items() if k in wan_fields})
   examples = train_data.synthetic_examples(config.data, "train")
   videos = np.stack([e[k] for e in examples for k in ("target_latent", "source_latent")])
@@ -126,19 +122,14 @@ def pretrain_backbone(config, workdir, steps):
       bar.set_postfix(loss=f"{float(loss):.3f}")
   arch = {k: v for k, v in wcfg.to_dict().items() if k not in ("precision", "remat", "attention")}
   wan_dir = os.path.join(workdir, "wan_backbone")
-  checkpoints.save_model(wan_dir, kind="wan_dit", config=arch,
-                         params=checkpoints.to_numpy_flat(model), overwrite=True)
+  model_dir.save_model(wan_dir, kind="wan_dit", config=arch,
+                         params=model_dir.to_numpy_flat(model), overwrite=True)
   postcam_convert.init_postcam(wan_dir, out, seed=config.seed)
   return out
 
 
 def main(argv):
   del argv
-  # pylint: disable=import-outside-toplevel
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from postcam_jax import sample, sampling, train, train_data, video
 
   config = FLAGS.config
   workdir = os.path.abspath(FLAGS.workdir)
@@ -153,7 +144,7 @@ def main(argv):
     config.backbone = backbone
   print(f"[2/4] training PostCam's trainable set, stages {tuple(config.stage_steps)}",
         flush=True)
-  result = train.train_and_evaluate(config, os.path.join(workdir, "train"))
+  result = training.train_and_evaluate(config, os.path.join(workdir, "train"))
   t_train = time.time() - t0
   model = result.model
   codec = train_data.stand_in_codec(config.data)
@@ -184,16 +175,15 @@ def main(argv):
     for name, frames in (("source", ex["source"]), ("render", full_render), ("pred", pred),
                          ("target", ex["target"])):
       video.write_video(os.path.join(out_dir, f"{ex['name']}_{name}_video.mp4"),
-                        sample.to_uint8(frames), fps=sample.OUTPUT_FPS)
-    sheet = sample.contact_sheet([sample.to_uint8(v) for v in
+                        sample_cli.to_uint8(frames), fps=sample_cli.OUTPUT_FPS)
+    sheet = sample_cli.contact_sheet([sample_cli.to_uint8(v) for v in
                                   (ex["source"], full_render, pred, ex["target"])])
-    from PIL import Image  # pylint: disable=import-outside-toplevel
     Image.fromarray(sheet).save(os.path.join(out_dir, f"{ex['name']}_contact_sheet.png"))
-    rows.append(dict(pair=ex["name"], pred=psnr(pred, ex["target"]),
-                     no_condition=psnr(blind, ex["target"]),
-                     copy_source=psnr(ex["source"], ex["target"]),
-                     render=psnr(full_render, ex["target"]),
-                     codec_ceiling=psnr(ceiling, ex["target"])))
+    rows.append(dict(pair=ex["name"], pred=fidelity.psnr(pred, ex["target"], peak=2.0),
+                     no_condition=fidelity.psnr(blind, ex["target"], peak=2.0),
+                     copy_source=fidelity.psnr(ex["source"], ex["target"], peak=2.0),
+                     render=fidelity.psnr(full_render, ex["target"], peak=2.0),
+                     codec_ceiling=fidelity.psnr(ceiling, ex["target"], peak=2.0)))
 
   print(f"[4/4] results (PSNR in dB against the true target video; files in {out_dir})")
   header = ("prediction", "no camera/render", "copy source", "codec ceiling")

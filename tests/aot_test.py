@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from postcam_jax import aot, chips, sharding
+from postcam_jax import parallel, planning
+from postcam_jax.parallel import chips
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "postcam_tiny.py")
@@ -20,11 +21,11 @@ BIG = os.path.join(REPO, "configs", "postcam_14b.py")
 def _analytic_param_bytes(config, sizes) -> int:
   """Per-chip parameter bytes from the logical names alone: each dimension whose logical axis
   maps to mesh axes (and divides) is split by their sizes."""
-  from postcam_jax import train  # pylint: disable=import-outside-toplevel
+  from postcam_jax import training  # pylint: disable=import-outside-toplevel
   from postcam_jax.models.postcam import PostCamModel  # pylint: disable=import-outside-toplevel
-  cfg = train.model_config(config)
+  cfg = training.model_config(config)
   model = nnx.eval_shape(lambda: PostCamModel(cfg, rngs=nnx.Rngs(0)))
-  rules = sharding.rules_dict()
+  rules = parallel.rules_dict()
   total = 0
   for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     names = var.get_metadata().get("out_sharding") or (None,) * len(var.shape)
@@ -44,11 +45,11 @@ def _analytic_param_bytes(config, sizes) -> int:
 
 
 def test_tiny_train_step_compiles_for_v5p_with_data_and_sequence_sharding():
-  config = aot.load_config(TINY, ["--config.model.precision='mixed'"])  # bf16: splash kernels
-  sizes = aot.parse_mesh("data=2,sequence=2", 4)
-  req = aot.Request(config=config, topology="v5p:2x2x1", mesh=sizes,
-                    latent=aot.video_latent(config), render=(3, 4, 6))
-  report = aot.plan(req, price=False)
+  config = planning.load_config(TINY, ["--config.model.precision=mixed"])  # bf16: splash kernels
+  sizes = parallel.parse_mesh_spec("data=2,sequence=2", 4)
+  req = planning.Request(config=config, topology="v5p:2x2x1", mesh=sizes,
+                    latent=planning.video_latent(config), render=(3, 4, 6))
+  report = planning.plan(req, price=False)
   assert report["fits"] and report["chips"] == 4 and report["mesh"].startswith("data=2,fsdp=1")
   assert report["param_bytes"] == _analytic_param_bytes(config, sizes)
   mem = report["memory"]
@@ -57,19 +58,19 @@ def test_tiny_train_step_compiles_for_v5p_with_data_and_sequence_sharding():
 
 
 def test_fsdp_sharded_parameter_bytes_are_exact():
-  config = aot.load_config(TINY, [])
-  sizes = aot.parse_mesh("fsdp=2,sequence=2", 4)
-  mesh = aot.abstract_mesh("v5p:2x2x1", sizes)
-  req = aot.Request(config=config, topology="v5p:2x2x1", mesh=sizes,
-                    latent=aot.video_latent(config), render=(3, 4, 6))
-  _, _, _, facts = aot.build(req, mesh)
+  config = planning.load_config(TINY, [])
+  sizes = parallel.parse_mesh_spec("fsdp=2,sequence=2", 4)
+  mesh = planning.abstract_mesh("v5p:2x2x1", sizes)
+  req = planning.Request(config=config, topology="v5p:2x2x1", mesh=sizes,
+                    latent=planning.video_latent(config), render=(3, 4, 6))
+  _, _, _, facts = planning.build(req, mesh)
   want = _analytic_param_bytes(config, sizes)
   assert facts["param_bytes"] == want
   assert want < facts["global_param_bytes"]  # the embed axes really are split
 
 
 def test_14b_training_on_one_v5p_chip_exits_with_the_gap(capsys):
-  code = aot.main(["--config", BIG, "--topology", "v5p:1x1x1", "--mesh", "fsdp=1"])
+  code = planning.main(["--config", BIG, "--topology", "v5p:1x1x1", "--mesh", "fsdp=1"])
   err = capsys.readouterr().err
   assert code == 2
   assert "GiB over per chip" in err and "try fsdp>=" in err
@@ -88,7 +89,7 @@ def test_hlo_kernel_flops_weights_by_trip_count():
       '  %w = f32[] while(%p), condition=%cond, body=%body, '
       'backend_config={"known_trip_count":{"n":"3"}}',
       "}"])
-  flops, launches = aot.hlo_kernel_flops(hlo)
+  flops, launches = planning.hlo_kernel_flops(hlo)
   assert launches == {"splash_mha_fwd_residuals": 3}
   assert flops == 3 * 4.0 * 2 * 256 * 128 * 64
 
@@ -96,50 +97,50 @@ def test_hlo_kernel_flops_weights_by_trip_count():
 def test_bad_inputs_are_named():
   with pytest.raises(ValueError, match="unknown TPU generation"):
     chips.chip_for_topology("v9x:2x2")
-  with pytest.raises(ValueError, match="has 8 devices; the topology has 4"):
-    aot.parse_mesh("data=2,sequence=4", 4)
+  with pytest.raises(ValueError, match="needs 8 devices, 4 are available"):
+    parallel.parse_mesh_spec("data=2,sequence=4", 4)
   with pytest.raises(ValueError, match="AXIS=SIZE"):
-    aot.parse_mesh("pipeline=2", 4)
+    parallel.parse_mesh_spec("pipeline=2", 4)
   assert math.isclose(chips.CHIPS["v5p"].usable_hbm_gib, 95.74, rel_tol=1e-6)
 
 
 def test_sweep_prices_the_smallest_fitting_accumulation_and_prunes_policies():
   """With a stand-in planner: remat=full fits from accum 2, dots_no_batch from accum 4, none
   never; the sweep prices exactly those and skips none after dots_no_batch fails at accum < 2."""
-  config = aot.load_config(TINY, ["--config.data.batch_size=16"])
-  sizes = aot.parse_mesh("fsdp=4", 4)
-  req = aot.Request(config=config, topology="v5p:2x2x1", mesh=sizes,
-                    latent=aot.video_latent(config), render=(3, 4, 6))
+  config = planning.load_config(TINY, ["--config.data.batch_size=16"])
+  sizes = parallel.parse_mesh_spec("fsdp=4", 4)
+  req = planning.Request(config=config, topology="v5p:2x2x1", mesh=sizes,
+                    latent=planning.video_latent(config), render=(3, 4, 6))
   need = {"full": 2, "dots_no_batch": 4, "none": 99}
   seconds = {"full": 2.0, "dots_no_batch": 1.0}
   calls = []
 
   def fake_plan(cand):
-    remat = aot.remat_of(cand)
+    remat = planning.remat_of(cand)
     accum = int(cand.config.optim.accum_steps)
     calls.append((remat, accum))
     fits = accum >= need[remat]
-    r = {"fits": fits, "need_bytes": aot.GIB, "mesh": aot.mesh_spec_str(cand.mesh),
+    r = {"fits": fits, "need_bytes": planning.GIB, "mesh": parallel.mesh_spec_str(cand.mesh),
          "remat": remat, "accum_steps": accum}
     if fits:
       r.update(step_seconds=seconds[remat], mfu=0.5, tokens_per_second=1.0)
     return r
 
-  rows = aot.sweep(req, accums=(1, 2, 4), meshes=[sizes], log=lambda *_: None,
+  rows = planning.sweep(req, accums=(1, 2, 4), meshes=[sizes], log=lambda *_: None,
                    plan_fn=fake_plan)
   assert calls == [("full", 1), ("full", 2), ("dots_no_batch", 2), ("dots_no_batch", 4),
                    ("none", 4)]
   assert [(r["remat"], r["accum_steps"]) for r in rows] == [("dots_no_batch", 4), ("full", 2)]
-  text = aot.format_sweep(rows, "configs/x.py")
+  text = planning.format_sweep(rows, "configs/x.py")
   assert text.splitlines()[1].startswith("*") and "--config.model.remat=dots_no_batch" in text
   assert "--config.optim.accum_steps=4" in text
 
 
 def test_candidate_meshes_cover_sequence_tensor_and_batch_rules():
-  config = aot.load_config(TINY, [])
-  req = aot.Request(config=config, topology="v5p:2x2x1", mesh=aot.parse_mesh("", 4),
-                    latent=aot.video_latent(config), render=(3, 4, 6))
-  meshes = aot.candidate_meshes(4, req, batch=4)
+  config = planning.load_config(TINY, [])
+  req = planning.Request(config=config, topology="v5p:2x2x1", mesh=parallel.parse_mesh_spec("", 4),
+                    latent=planning.video_latent(config), render=(3, 4, 6))
+  meshes = planning.candidate_meshes(4, req, batch=4)
   assert {"data": 1, "fsdp": 4, "tensor": 1, "sequence": 1} in meshes
   assert {"data": 1, "fsdp": 1, "tensor": 1, "sequence": 4} in meshes
   assert {"data": 1, "fsdp": 2, "tensor": 2, "sequence": 1} in meshes  # tiny: 2 heads
@@ -149,32 +150,32 @@ def test_candidate_meshes_cover_sequence_tensor_and_batch_rules():
 
 
 def test_sweep_journal_resumes_without_replanning(tmp_path):
-  config = aot.load_config(TINY, ["--config.data.batch_size=16"])
-  sizes = aot.parse_mesh("fsdp=4", 4)
-  req = aot.Request(config=config, topology="v5p:2x2x1", mesh=sizes,
-                    latent=aot.video_latent(config), render=(3, 4, 6))
+  config = planning.load_config(TINY, ["--config.data.batch_size=16"])
+  sizes = parallel.parse_mesh_spec("fsdp=4", 4)
+  req = planning.Request(config=config, topology="v5p:2x2x1", mesh=sizes,
+                    latent=planning.video_latent(config), render=(3, 4, 6))
   calls = []
 
   def fake_plan(cand):
     accum = int(cand.config.optim.accum_steps)
-    calls.append((aot.remat_of(cand), accum))
-    fits = aot.remat_of(cand) == "full" and accum >= 2
-    return {"fits": fits, "need_bytes": aot.GIB, "mesh": aot.mesh_spec_str(cand.mesh),
-            "remat": aot.remat_of(cand), "accum_steps": accum, "step_seconds": 1.0, "mfu": 0.5,
+    calls.append((planning.remat_of(cand), accum))
+    fits = planning.remat_of(cand) == "full" and accum >= 2
+    return {"fits": fits, "need_bytes": planning.GIB, "mesh": parallel.mesh_spec_str(cand.mesh),
+            "remat": planning.remat_of(cand), "accum_steps": accum, "step_seconds": 1.0, "mfu": 0.5,
             "tokens_per_second": 1.0}
 
   path = str(tmp_path / "sweep_candidates.jsonl")
-  first = aot.sweep(req, meshes=[sizes], log=lambda *_: None, plan_fn=fake_plan,
-                    journal=aot.Journal(path))
+  first = planning.sweep(req, meshes=[sizes], log=lambda *_: None, plan_fn=fake_plan,
+                    journal=planning.Journal(path))
   planned = list(calls)
   assert planned == [("full", 1), ("full", 2), ("dots_no_batch", 2), ("dots_no_batch", 4)]
   calls.clear()
-  again = aot.sweep(req, meshes=[sizes], log=lambda *_: None, plan_fn=fake_plan,
-                    journal=aot.Journal(path))
+  again = planning.sweep(req, meshes=[sizes], log=lambda *_: None, plan_fn=fake_plan,
+                    journal=planning.Journal(path))
   assert calls == [] and again == first  # everything came from the journal
   other = req.replace(latent=(5, 16, 24))  # a different request reuses nothing
-  aot.sweep(other, meshes=[sizes], log=lambda *_: None, plan_fn=fake_plan,
-            journal=aot.Journal(path))
+  planning.sweep(other, meshes=[sizes], log=lambda *_: None, plan_fn=fake_plan,
+            journal=planning.Journal(path))
   assert calls == planned
 
 
@@ -184,36 +185,36 @@ def test_sweep_restricted_to_several_meshes_from_the_command_line(tmp_path, monk
   planned = []
 
   def fake_plan(cand, **_):
-    planned.append(aot.mesh_spec_str(cand.mesh))
-    return {"fits": True, "need_bytes": aot.GIB, "mesh": aot.mesh_spec_str(cand.mesh),
-            "remat": aot.remat_of(cand), "accum_steps": int(cand.config.optim.accum_steps),
+    planned.append(parallel.mesh_spec_str(cand.mesh))
+    return {"fits": True, "need_bytes": planning.GIB, "mesh": parallel.mesh_spec_str(cand.mesh),
+            "remat": planning.remat_of(cand), "accum_steps": int(cand.config.optim.accum_steps),
             "step_seconds": 2.0 if cand.mesh["data"] == 4 else 1.0, "mfu": 0.5,
             "tokens_per_second": 1.0}
 
-  monkeypatch.setattr(aot, "plan", fake_plan)
+  monkeypatch.setattr(planning.planner, "plan", fake_plan)
   argv = ["--config", TINY, "--topology", "v5p:2x2x1", "--sweep", "--mesh", "fsdp=4;data=4",
           "--out", str(tmp_path), "--config.data.batch_size=16"]
-  assert aot.main(argv) == 0
+  assert planning.main(argv) == 0
   assert sorted(set(planned)) == ["data=1,fsdp=4,tensor=1,sequence=1",
                                   "data=4,fsdp=1,tensor=1,sequence=1"]
   text = (tmp_path / "sweep.txt").read_text()
   assert "--config.mesh=data=1,fsdp=4,tensor=1,sequence=1" in text  # the faster one is best
-  assert [m["fsdp"] for m in aot.parse_meshes("fsdp=4; data=4 ;", 4)] == [4, 1]
+  assert [m["fsdp"] for m in planning.parse_meshes("fsdp=4; data=4 ;", 4)] == [4, 1]
   with pytest.raises(SystemExit, match="for --sweep"):
-    aot.main(["--config", TINY, "--topology", "v5p:2x2x1", "--mesh", "fsdp=4;data=4"])
+    planning.main(["--config", TINY, "--topology", "v5p:2x2x1", "--mesh", "fsdp=4;data=4"])
 
 
 def test_v6e_concat_bitcast_sentinels_are_taken_out_of_the_cost():
   """On v6e the cost model prices each ConcatBitcast custom call at -1 s. A 0-block 1.3B forward
   at latent [3, 30, 52] compiles one (the full-size steps have dozens): its reported time is
   negative; the planner's is the rest of the program, about its bytes at HBM bandwidth."""
-  config = aot.with_layers(
-      aot.load_config(os.path.join(REPO, "configs", "postcam_1p3b.py"),
+  config = planning.with_layers(
+      planning.load_config(os.path.join(REPO, "configs", "postcam_1p3b.py"),
                       ["--config.model.remat=none"]), 0)
-  req = aot.Request(config=config, topology="v6e:1x1", mesh=aot.parse_mesh("fsdp=1", 1),
+  req = planning.Request(config=config, topology="v6e:1x1", mesh=parallel.parse_mesh_spec("fsdp=1", 1),
                     step="forward", latent=(3, 30, 52), render=None, batch=1)
-  lowered, _ = aot.lower_step(req)
-  cost = aot.cost_of(lowered.compile())
+  lowered, _ = planning.lower_step(req)
+  cost = planning.cost_of(lowered.compile())
   assert cost["sentinel_custom_calls"] >= 1
   assert cost["reported_optimal_seconds"] < 0
   assert cost["optimal_seconds"] == pytest.approx(
@@ -231,19 +232,19 @@ def test_a_negative_time_left_after_the_sentinels_is_an_error():
       return 'ENTRY %main {\n  %c = f32[8]{0} custom-call(), custom_call_target="ConcatBitcast"\n}'
 
   with pytest.raises(ValueError, match="negative time"):
-    aot.cost_of(FakeCompiled())
+    planning.cost_of(FakeCompiled())
   FakeCompiled.cost_analysis = lambda self: {"flops": 1.0, "optimal_seconds": -0.75}
-  assert aot.cost_of(FakeCompiled())["optimal_seconds"] == pytest.approx(0.25)
+  assert planning.cost_of(FakeCompiled())["optimal_seconds"] == pytest.approx(0.25)
 
 
 def test_both_phrasings_of_the_compilers_out_of_hbm_verdict_are_read():
-  assert aot.oom_bytes("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
+  assert planning.oom_bytes("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
                        "for HLO temporaries (53.46G) exceeds available HBM (31.25G).") == int(
-                           53.46 * aot.GIB)
-  assert aot.oom_bytes("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent "
+                           53.46 * planning.GIB)
+  assert planning.oom_bytes("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent "
                        "error. Ran out of memory in memory space hbm. Used 15.80G of 15.75G hbm. "
-                       "Exceeded hbm capacity by 56.38M.") == int(15.80 * aot.GIB)
-  assert aot.oom_bytes("INTERNAL: something else") is None
+                       "Exceeded hbm capacity by 56.38M.") == int(15.80 * planning.GIB)
+  assert planning.oom_bytes("INTERNAL: something else") is None
 
 
 def test_tpu_targets_script_builds_the_real_requests_and_fails_a_missed_target(monkeypatch, capsys):
@@ -265,16 +266,16 @@ def test_tpu_targets_script_builds_the_real_requests_and_fails_a_missed_target(m
     def plan(req, out_dir=None):
       del out_dir
       return {"fits": fits, "gap": "1.0 GiB over per chip", "step_seconds": seconds, "mfu": mfu,
-              "need_bytes": 2 ** 30, "topology": req.topology, "mesh": aot.mesh_spec_str(req.mesh)}
+              "need_bytes": 2 ** 30, "topology": req.topology, "mesh": parallel.mesh_spec_str(req.mesh)}
     return plan
 
-  monkeypatch.setattr(aot, "plan", fake_plan(0.74, 0.58))
+  monkeypatch.setattr(planning.planner, "plan", fake_plan(0.74, 0.58))
   assert targets.main([]) == 0
-  monkeypatch.setattr(aot, "plan", fake_plan(0.76, 0.58))
+  monkeypatch.setattr(planning.planner, "plan", fake_plan(0.76, 0.58))
   assert targets.main(["--only", "wan_forward"]) == 1
   assert "MISSED" in capsys.readouterr().out
-  monkeypatch.setattr(aot, "plan", fake_plan(0.70, 0.49))
+  monkeypatch.setattr(planning.planner, "plan", fake_plan(0.70, 0.49))
   assert targets.main(["--only", "train_v5p8"]) == 1
-  monkeypatch.setattr(aot, "plan", fake_plan(0.70, 0.60, fits=False))
+  monkeypatch.setattr(planning.planner, "plan", fake_plan(0.70, 0.60, fits=False))
   assert targets.main(["--only", "train_v5p8"]) == 2
   assert "does not fit" in capsys.readouterr().out

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from postcam_jax import cameras
-from postcam_jax import trajectories as traj
+from postcam_jax.geometry import cameras
+from postcam_jax.geometry import trajectories as traj
 from tests.conftest import FIXTURES
 
 FIXTURE = os.path.join(FIXTURES, "official-render-tiny")

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import types
 
 # Append the device count to any XLA_FLAGS already set (a setdefault would leave a user's flags
 # without it, and every 8-device test would then skip or fail); an explicit count is kept.
@@ -19,6 +20,14 @@ os.environ["XLA_FLAGS"] = with_device_count(os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Keep each test process to its share of the 2 CI cores.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# torchvision (needed only by the Depth Anything 3 reference package's preprocessing) registers
+# fake "meta" kernels for its C++ ops at import; against this CPU torch build that fails
+# ("operator torchvision::nms does not exist") and, through transformers and diffusers, breaks
+# every torch reference. The registrations only serve torch.compile, which no test uses: an empty
+# module takes their place before anything imports torchvision.
+sys.modules.setdefault("torchvision._meta_registrations",
+                       types.ModuleType("torchvision._meta_registrations"))
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 

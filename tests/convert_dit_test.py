@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from postcam_jax import checkpoints
 from postcam_jax.convert import wan as wan_convert
 from postcam_jax.convert.common import ConversionError
+from postcam_jax.io import model_dir
 from tests import reference
 from tests.wan_parity_test import run_cli
 
@@ -42,14 +42,14 @@ def test_sharded_and_pth_inputs_convert_to_the_same_weights(original, tmp_path):
   (pth.parent / "config.json").write_text((d / "config.json").read_text())
   b = wan_convert.convert_dit(pth, tmp_path / "b")
   assert a == b
-  pa = checkpoints.to_numpy_flat(checkpoints.load_dit(tmp_path / "a"))
-  pb = checkpoints.to_numpy_flat(checkpoints.load_dit(tmp_path / "b"))
+  pa = model_dir.to_numpy_flat(model_dir.load_dit(tmp_path / "a"))
+  pb = model_dir.to_numpy_flat(model_dir.load_dit(tmp_path / "b"))
   assert pa.keys() == pb.keys()
   for k in pa:
     np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
   # bfloat16 output
   wan_convert.convert_dit(d / "sharded", tmp_path / "c", dtype="bfloat16")
-  assert checkpoints.read_model_json(tmp_path / "c")["dtype"] == "bfloat16"
+  assert model_dir.read_model_json(tmp_path / "c")["dtype"] == "bfloat16"
 
 
 def write_variant(tmp_path, sd, mutate):
@@ -116,14 +116,14 @@ def test_failure_while_writing_leaves_nothing(original, tmp_path, monkeypatch):
   """The output is written beside its final place and renamed at the end: a failure in the
   middle of the Orbax save (here: a full disk) leaves neither the output nor a partial one."""
   d, _ = original
-  real_save = checkpoints.ocp.Checkpointer.save
+  real_save = model_dir.ocp.Checkpointer.save
 
   def save_then_fail(self, path, *args, **kwargs):
     real_save(self, path, *args, **kwargs)  # the parameters are on disk, in the staging dir
     assert os.listdir(tmp_path) and leftovers(tmp_path)
     raise OSError(28, "No space left on device")
 
-  monkeypatch.setattr(checkpoints.ocp.Checkpointer, "save", save_then_fail)
+  monkeypatch.setattr(model_dir.ocp.Checkpointer, "save", save_then_fail)
   with pytest.raises(OSError, match="No space left"):
     wan_convert.convert_dit(d / "diffusion_pytorch_model.safetensors", tmp_path / "out")
   assert os.listdir(tmp_path) == []

@@ -15,10 +15,11 @@ from safetensors.torch import save_file
 from transformers import UMT5Config as HFConfig
 from transformers import UMT5EncoderModel
 
-from postcam_jax import checkpoints, sharding
+from postcam_jax import parallel
 from postcam_jax.convert import t5 as convert_t5
 from postcam_jax.convert import vae as convert_vae
 from postcam_jax.convert.common import ConversionError
+from postcam_jax.io import model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAE_SMALL = dict(base_dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2)
@@ -75,13 +76,13 @@ def test_vae_both_layouts_through_the_cli(vae_sd, tmp_path):
                            "--output", str(tmp_path / "a")]) == 0
   assert cli(convert_vae, ["--input", str(tmp_path / "Wan2.1_VAE.pth"),
                            "--output", str(tmp_path / "b"), "--dtype", "bfloat16"]) == 0
-  a = checkpoints.read_model_json(tmp_path / "a")
-  b = checkpoints.read_model_json(tmp_path / "b")
+  a = model_dir.read_model_json(tmp_path / "a")
+  b = model_dir.read_model_json(tmp_path / "b")
   assert (a["format"], b["format"], a["kind"]) == ("diffusers", "wan", "wan_vae")
   assert a["config"] == b["config"]
-  va = convert_vae.load_vae(str(tmp_path / "a"))
-  vb = convert_vae.load_vae(str(tmp_path / "b"))  # bf16 on disk, restored as float32
-  fa, fb = checkpoints.to_numpy_flat(va), checkpoints.to_numpy_flat(vb)
+  va = model_dir.load_vae(str(tmp_path / "a"))
+  vb = model_dir.load_vae(str(tmp_path / "b"))  # bf16 on disk, restored as float32
+  fa, fb = model_dir.to_numpy_flat(va), model_dir.to_numpy_flat(vb)
   assert fb["decoder/conv_out/kernel"].dtype == np.float32
   w = vae_sd["decoder.conv_out.weight"].numpy()
   np.testing.assert_array_equal(fa["decoder/conv_out/kernel"], np.moveaxis(w, (0, 1), (-1, -2)))
@@ -108,11 +109,11 @@ def test_t5_both_layouts_and_bundled_tokenizer(t5_model, tmp_path):
                           "--output", str(tmp_path / "a")]) == 0
   assert cli(convert_t5, ["--input", str(tmp_path / "umt5.pth"), "--output", str(tmp_path / "b"),
                           "--tokenizer", str(tmp_path / "tok")]) == 0
-  assert checkpoints.read_model_json(tmp_path / "b")["format"] == "wan"
-  ea = convert_t5.load_text_encoder(str(tmp_path / "a"))
-  eb = convert_t5.load_text_encoder(str(tmp_path / "b"))
+  assert model_dir.read_model_json(tmp_path / "b")["format"] == "wan"
+  ea = model_dir.load_text_encoder(str(tmp_path / "a"))
+  eb = model_dir.load_text_encoder(str(tmp_path / "b"))
   assert ea.tokenizer is None and eb.tokenizer is not None
-  fa, fb = checkpoints.to_numpy_flat(ea.model), checkpoints.to_numpy_flat(eb.model)
+  fa, fb = model_dir.to_numpy_flat(ea.model), model_dir.to_numpy_flat(eb.model)
   for k in fa:
     np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
   states, lengths = eb.encode_text(["a cat", "the dog runs on a mat"])
@@ -126,8 +127,8 @@ def test_t5_both_layouts_and_bundled_tokenizer(t5_model, tmp_path):
   got = np.asarray(ea.encode_ids(ids, mask))
   np.testing.assert_allclose(got[0, :3], want.numpy()[0, :3], rtol=1e-5, atol=1e-5)
   # Restored straight into shards on a mesh (FSDP over the model width), same outputs.
-  mesh = sharding.make_mesh(fsdp=jax.device_count())
-  sharded = convert_t5.load_text_encoder(str(tmp_path / "a"), mesh=mesh)
+  mesh = parallel.make_mesh({"fsdp": jax.device_count()})
+  sharded = model_dir.load_text_encoder(str(tmp_path / "a"), mesh=mesh)
   kernel = sharded.model.blocks.q.kernel[...]
   if jax.device_count() > 1:
     assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None)
@@ -194,8 +195,8 @@ def test_loaders_check_the_model_kind(vae_sd, tmp_path):
   save_file(vae_sd, tmp_path / "vae.safetensors")
   convert_vae.convert_vae(str(tmp_path / "vae.safetensors"), str(tmp_path / "vae"))
   with pytest.raises(ValueError, match="expected 'umt5'"):
-    convert_t5.load_text_encoder(str(tmp_path / "vae"))
+    model_dir.load_text_encoder(str(tmp_path / "vae"))
   with pytest.raises(FileNotFoundError, match="convert"):
-    convert_vae.load_vae(str(tmp_path / "nothing"))
+    model_dir.load_vae(str(tmp_path / "nothing"))
   with pytest.raises(ConversionError, match="cannot tell the key layout"):
     convert_vae.detect_format(["foo.weight"])

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from postcam_jax.data import arrayrecord, frames, pipeline, synthetic
+from postcam_jax.data import arrayrecord, pipeline, synthetic
+from postcam_jax.inference import inputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN = dict(num_scenes=2, num_cameras=4, num_frames=9, height=32, width=48, seed=11)
@@ -67,8 +68,10 @@ def test_batch_shapes_and_dtypes(records):
   assert -1.0 <= batch["target_video"].min() < batch["target_video"].max() <= 1.0
   # 9 -> 5 frames by the release's rule (0, 2, 4, 6, 8); the camera follows the resampled poses.
   np.testing.assert_allclose(batch["camera"][:, 0], batch["target_w2c"][:, 0, :3].reshape(4, 12))
-  # 32x48 -> resize to 21x32 (cover 16x32), crop 2 rows: K scaled by 2/3, centre shifted.
-  np.testing.assert_allclose(batch["intrinsics"][0, 0, 2], (24 + 0.5) * 32 / 48 - 0.5, rtol=1e-6)
+  # 32x48 -> resize to 21x32 (cover 16x32), crop 2.5 rows: K scaled by 2/3 and shifted by the
+  # unrounded crop offset, the principal point first at the centre (the release's resize_crop).
+  np.testing.assert_allclose(batch["intrinsics"][0, 0, 2], 24 * 32 / 48, rtol=1e-6)
+  np.testing.assert_allclose(batch["intrinsics"][0, 1, 2], 16 * 32 / 48 - 2.5, rtol=1e-6)
 
 
 def test_same_seed_same_batches_other_seed_differs(records):
@@ -94,17 +97,29 @@ def test_process_shards_are_disjoint_and_cover_the_epoch(records):
     pipeline.make_dataset(_config(records, batch_size=4), 0, 3)
 
 
-def test_resize_crop_moves_intrinsics_with_the_pixels():
-  video = np.zeros((1, 40, 60, 3), np.uint8)
-  video[0, 23:25, 35:37] = 255  # a 2x2 dot centred on pixel coordinates (35.5, 23.5)
-  k = np.array([[50.0, 0, 30], [0, 50.0, 20], [0, 0, 1]])
-  point = np.array([35.5, 23.5, 1.0])
-  out, k2 = frames.resize_and_crop({"v": video}, k, 16, 32)
-  img = out["v"][0].astype(float).sum(-1)
-  ys, xs = np.mgrid[0:16, 0:32]
-  found = np.array([(xs * img).sum() / img.sum(), (ys * img).sum() / img.sum()])
-  expected = (k2 @ np.linalg.inv(k) @ point)[:2]
-  np.testing.assert_allclose(found, expected, atol=0.05)
+def test_records_frames_and_intrinsics_equal_the_samplers(tmp_path):
+  """One resize/crop/K path: a record prepared at a smaller size holds exactly the sampler's
+  frames (rounded to uint8) and the sampler's K for the same video and depth."""
+  gen = synthetic.GeneratorConfig(root=str(tmp_path / "mc"), num_scenes=1, num_cameras=2,
+                                  num_frames=9, height=36, width=60, seed=5)
+  synthetic.generate(gen)
+  config = arrayrecord.PairsConfig(name="small", root=gen.root, clip_frames=9, height=16,
+                                   width=32)
+  arrayrecord.prepare(config, str(tmp_path / "records"), num_shards=1)
+  source = arrayrecord.data_source(arrayrecord.prepared_dir(str(tmp_path / "records"), "small"))
+  record = source[0]
+  text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+  scene = os.path.join(gen.root, "train", text(record["scene"]))
+  cam = text(record["source_camera"])
+  sampler = inputs.load_release_inputs(
+      os.path.join(scene, "videos", f"{cam}.mp4"), os.path.join(scene, "depth", f"{cam}.npz"),
+      "y_left_30", sample_hw=(16, 32), num_frames=9)
+  frames01 = sampler.frames * np.float32(0.5) + np.float32(0.5)  # the sampler's [-1, 1] -> [0, 1]
+  expected = np.clip(np.rint(frames01 * np.float32(255.0)), 0, 255).astype(np.uint8)
+  np.testing.assert_array_equal(record["source_video"], expected)
+  np.testing.assert_array_equal(record["intrinsics"], sampler.intrinsics[0])
+  np.testing.assert_allclose(record["source_depth"] * np.float32(sampler.scale), sampler.depth,
+                             rtol=1e-6)
 
 
 def test_global_batch_on_eight_devices(records):

@@ -6,8 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from postcam_jax import cameras, video
 from postcam_jax.data import arrayrecord, multicam, pairs, synthetic
+from postcam_jax.geometry import cameras
+from postcam_jax.io import video
 
 CONFIG = dict(num_scenes=2, num_cameras=4, num_frames=9, height=32, width=48, seed=7)
 

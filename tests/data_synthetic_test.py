@@ -6,8 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from postcam_jax import cameras, inputs, video
 from postcam_jax.data import multicam, synthetic
+from postcam_jax.evaluation import fidelity
+from postcam_jax.geometry import cameras
+from postcam_jax.inference import inputs
+from postcam_jax.io import video
 
 FIXTURE_EXTRINSICS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "..", "shared", "fixtures", "official-render-tiny",
@@ -68,7 +71,7 @@ def test_round_trip_frames_depth_extrinsics(dataset):
   for cam in ("cam01", "cam06"):
     frames, depth = synthetic.render_scene_camera(config, spec, cam)
     decoded = scene.read_video(cam)
-    assert video.psnr(frames, decoded) > 38.0  # yuv444p at crf 4: ~42 dB measured
+    assert fidelity.psnr(frames, decoded) > 38.0  # yuv444p at crf 4: ~42 dB measured
     np.testing.assert_array_equal(scene.read_depth(cam), depth)
     np.testing.assert_allclose(scene.c2w[cam], spec.dataset_c2w(cam), rtol=0, atol=1e-12)
     np.testing.assert_array_equal(scene.read_video(cam, 1, 8, 3), decoded[1:8:3])
@@ -76,7 +79,7 @@ def test_round_trip_frames_depth_extrinsics(dataset):
 
 def _dataset_md_c2w(path, camera):
   """camera_extrinsics.json -> OpenCV camera-to-world [T, 4, 4] in metres, as dataset.md spells it
-  out (written here independently of postcam_jax.cameras): parse the four bracketed rows,
+  out (written here independently of postcam_jax.geometry.cameras): parse the four bracketed rows,
   transpose, reorder the columns [1, 2, 0, 3], flip the new y axis, centimetres to metres."""
   with open(path) as f:
     data = json.load(f)
@@ -209,8 +212,8 @@ def test_deterministic_from_seed(dataset, tmp_path):
     np.testing.assert_array_equal(synthetic.render_scene_camera(config, spec, cam)[0], rendered)
     # The rendered frames, depth and cameras are bit-identical; this FFmpeg/x264 build's mp4
     # bytes are not (they vary between calls even single-threaded), so videos agree to PSNR.
-    assert video.psnr(reread.read_video(cam), rendered) > 38.0
-    assert video.psnr(scenes[0].read_video(cam), rendered) > 38.0
+    assert fidelity.psnr(reread.read_video(cam), rendered) > 38.0
+    assert fidelity.psnr(scenes[0].read_video(cam), rendered) > 38.0
     np.testing.assert_array_equal(reread.read_depth(cam), depth)
     np.testing.assert_array_equal(reread.read_depth(cam), scenes[0].read_depth(cam))
     np.testing.assert_array_equal(reread.c2w[cam], scenes[0].c2w[cam])

@@ -1,4 +1,4 @@
-"""Real videos and depth in the release's layout -> the release's inputs (postcam_jax.inputs)."""
+"""Real videos and depth in the release's layout -> the release's inputs (postcam_jax.inference.inputs)."""
 
 import os
 
@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from postcam_jax import inputs
-from postcam_jax import trajectories as traj
-from postcam_jax import video
+from postcam_jax.geometry import image_ops
+from postcam_jax.geometry import trajectories as traj
+from postcam_jax.inference import inputs
+from postcam_jax.io import video
 from tests.conftest import FIXTURES
 
 FIXTURE = os.path.join(FIXTURES, "official-render-tiny")
@@ -89,7 +90,7 @@ def test_test3_resample_resize_and_crop(tmp_path, cams, intrinsics_case):
   path = os.path.join(OFFICIAL, "test3.mp4")
   got = inputs.load_release_inputs(path, folder, "zoom_in")
   assert got.frames.shape == (41, 480, 832, 3) and got.num_source_frames == 81
-  assert inputs.cover_size((576, 1024)) == (480, 853)
+  assert image_ops.cover_size((576, 1024)) == (480, 853)
   np.testing.assert_array_equal(got.intrinsics[0], intrinsics_case["K_out"][1])
   # torchvision's Resize(antialias) + CenterCrop (column 10) + Normalize, via torch itself.
   raw = video.read_video(path)[::2]
@@ -108,18 +109,18 @@ def test_resize_matches_torch_antialias():
   rng = np.random.default_rng(0)
   for (h, w), (out_h, out_w) in (((37, 50), (20, 71)), ((24, 40), (24, 40)), ((9, 30), (27, 11))):
     x = rng.uniform(0, 1, (2, h, w, 3)).astype(np.float32)
-    ours = inputs.resize_antialias(x, out_h, out_w)
+    ours = image_ops.resize_antialias(x, out_h, out_w)
     theirs = torch.nn.functional.interpolate(
         torch.tensor(x).permute(0, 3, 1, 2), size=(out_h, out_w), mode="bilinear",
         antialias=True, align_corners=False).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=5e-7)
-  crop = inputs.center_crop(np.arange(7 * 3).reshape(1, 7, 3, 1), 2, 3)
+  crop = image_ops.center_crop(np.arange(7 * 3).reshape(1, 7, 3, 1), 2, 3)
   np.testing.assert_array_equal(crop[0, :, 0, 0], [6, 9])  # round(2.5) = 2: half to even
 
 
 def test_intrinsics_case_matches_release(intrinsics_case):
   for (width, height), expected in zip(intrinsics_case["native_wh"], intrinsics_case["K_out"]):
-    k = inputs.adjust_intrinsics(intrinsics_case["K_in"], (height, width), (480, 832))
+    k = image_ops.adjust_intrinsics(intrinsics_case["K_in"], (height, width), (480, 832))
     np.testing.assert_allclose(k, expected, rtol=0, atol=1e-4)
     np.testing.assert_array_equal(k, expected)
 

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from postcam_jax import flops, losses
+from postcam_jax.models import flops
 from postcam_jax.models.postcam import PostCamConfig
+from postcam_jax.training import losses
 
 
 def test_shift_and_grid():

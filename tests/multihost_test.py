@@ -36,19 +36,20 @@ def problem():
 
 
 def flat_results(loss, velocity, grads):
-  from postcam_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from postcam_jax.io import model_dir  # pylint: disable=import-outside-toplevel
   out = {"loss": np.asarray(loss), "velocity": np.asarray(velocity)}
-  out.update({f"grad/{k}": np.asarray(v) for k, v in checkpoints.flatten(grads).items()})
+  out.update({f"grad/{k}": np.asarray(v) for k, v in model_dir.flatten(grads).items()})
   return out
 
 
 def worker(out_path):
-  from postcam_jax import distributed  # pylint: disable=import-outside-toplevel
+  from postcam_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
   if not distributed.initialize():
     raise RuntimeError("expected a multi-process start (run through launch/local.py)")
   import jax  # pylint: disable=import-outside-toplevel
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  from postcam_jax import sharding  # pylint: disable=import-outside-toplevel
+
+  from postcam_jax import parallel  # pylint: disable=import-outside-toplevel
   from tests import sharding_test as st  # pylint: disable=import-outside-toplevel
 
   print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local, "
@@ -59,7 +60,7 @@ def worker(out_path):
   by_process = [[d for d in jax.devices() if d.process_index == p]
                 for p in range(jax.process_count())]
   devices = [d for group in zip(*by_process) for d in group]
-  mesh = sharding.make_mesh(*MESH, devices=devices)
+  mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, MESH)), devices=devices)
   p, x = st.place(graphdef, state, params, inputs + [target], mesh)
   with jax.set_mesh(mesh):
     loss, velocity, grads = step(p, x[:-1], x[-1])
@@ -97,7 +98,7 @@ def test_two_processes_match_single_process(tmp_path):
 
 
 def test_distributed_detection():
-  from postcam_jax import distributed  # pylint: disable=import-outside-toplevel
+  from postcam_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
   assert distributed.detect({}) is None
   env = {"POSTCAM_COORDINATOR": "10.0.0.1:1234", "POSTCAM_NUM_PROCESSES": "4",
          "POSTCAM_PROCESS_ID": "3"}
@@ -130,7 +131,8 @@ def test_sample_cli_starts_multihost_from_its_flags(monkeypatch, tmp_path, capsy
   """``python -m postcam_jax.sample`` runs ``distributed.initialize`` with its --coordinator,
   --num-processes and --process-id before anything else (no real processes: the join is
   replaced)."""
-  from postcam_jax import distributed, sample  # pylint: disable=import-outside-toplevel
+  from postcam_jax.inference import cli as sample_cli
+  from postcam_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
   plans = []
 
   def start(plan):
@@ -144,38 +146,39 @@ def test_sample_cli_starts_multihost_from_its_flags(monkeypatch, tmp_path, capsy
           "--trajectory", "y_left_30", "--prompt-embeds", "embeds.npz", "--out", str(out),
           "--coordinator", "10.0.0.1:1234", "--num-processes", "4"]
   with pytest.raises(_Started):
-    sample.main(argv + ["--process-id", "3"])
+    sample_cli.main(argv + ["--process-id", "3"])
   assert plans == [{"source": "flags", "kwargs": dict(
       coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3)}]
   # An incomplete flag set: one message, exit 2, nothing written.
-  assert sample.main(argv) == 2
+  assert sample_cli.main(argv) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: explicit multi-host start (flags)") and \
       err.endswith("missing: process id") and len(err.splitlines()) == 1, err
   assert len(plans) == 1 and not out.exists() and os.listdir(tmp_path) == []
 
 
-# Run in a fresh interpreter: postcam_jax.main defines absl flags (--config, --workdir) that other
+# Run in a fresh interpreter: postcam_jax.training.cli defines absl flags (--config, --workdir) that other
 # entry points also define, so it is never imported into the test process.
 _TRAINER_FLAGS_SCRIPT = """
 import json, sys
 from absl import app, flags
-from postcam_jax import distributed, main
+from postcam_jax.parallel import distributed
+from postcam_jax.training import cli as train_cli
 flags.FLAGS(sys.argv)
 plans = []
 distributed._start = plans.append
-print(json.dumps({"started": main.initialize_distributed(), "plans": plans}))
+print(json.dumps({"started": train_cli.initialize_distributed(), "plans": plans}))
 distributed._initialized = False
 flags.FLAGS.process_id = None
 try:
-  main.initialize_distributed()
+  train_cli.initialize_distributed()
 except app.UsageError as e:
   print(json.dumps({"usage_error": str(e)}))
 """
 
 
 def test_trainer_flags_start_multihost(tmp_path):
-  """``python -m postcam_jax.main --coordinator H:P --num_processes N --process_id I`` maps to the
+  """``python -m postcam_jax.train --coordinator H:P --num_processes N --process_id I`` maps to the
   same start-up as the sampling CLI; an incomplete set is a usage error."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("POSTCAM_")}
   cmd = [sys.executable, "-c", _TRAINER_FLAGS_SCRIPT, "--config",

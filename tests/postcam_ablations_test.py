@@ -7,8 +7,9 @@ import pytest
 from flax import nnx
 
 from configs import ablations
-from postcam_jax import cameras, train
-from postcam_jax import trajectories as traj
+from postcam_jax import training
+from postcam_jax.geometry import cameras
+from postcam_jax.geometry import trajectories as traj
 from postcam_jax.models.postcam import PostCamModel
 
 # The "name" column of postcam.md's ablation table ("one_stage / render_first" is two names).
@@ -85,9 +86,9 @@ def test_every_spec_ablation_builds_and_runs():
   trainer feeds them). Equal configs share one compiled forward, so this stays cheap."""
   for name in SPEC_TABLE:
     config = ablations.get_config(f"{name},tiny")
-    cfg = train.model_config(config)
+    cfg = training.model_config(config)
     model = random_model(cfg, 0)
-    for stage in train.stages_of(config):
+    for stage in training.stages_of(config):
       x = model_inputs(cfg, camera=stage.camera, render=stage.render)
       y = forward(model, x)
       assert y.shape == x["latents"].shape, (name, stage.kind)
@@ -99,7 +100,7 @@ def test_plucker_ablations_read_the_camera(name):
   """The Plucker rays of ``cameras.plucker_tokens`` are the model's camera: a different
   trajectory changes the output; the RT camera is refused with the fix named."""
   config = ablations.get_config(f"{name},tiny")
-  cfg = train.model_config(config)
+  cfg = training.model_config(config)
   assert cfg.plucker and cfg.camera_width == cameras.PLUCKER_WIDTH
   model = random_model(cfg, 1)
   x = model_inputs(cfg, camera=True, render=True)

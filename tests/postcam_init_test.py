@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from postcam_jax import checkpoints
 from postcam_jax.convert import postcam as pcc
 from postcam_jax.convert.common import ConversionError
+from postcam_jax.io import model_dir
 from postcam_jax.models.wan import WanConfig, WanModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,11 +29,11 @@ def wan_dir(tmp_path_factory):
   rng = np.random.default_rng(0)
   params = {k: (float("norm" in k and k.endswith("weight"))
                 + 0.05 * rng.standard_normal(v.shape)).astype(np.float32)
-            for k, v in checkpoints.flatten(
+            for k, v in model_dir.flatten(
                 nnx.to_pure_dict(nnx.state(abstract, nnx.Param))).items()}
   arch = {k: v for k, v in cfg.to_dict().items() if k not in ("precision", "remat", "attention")}
   out = tmp_path_factory.mktemp("wan") / "dit"
-  checkpoints.save_model(out, kind="wan_dit", config=arch, params=params)
+  model_dir.save_model(out, kind="wan_dit", config=arch, params=params)
   return out, params
 
 
@@ -89,8 +89,8 @@ def test_init_postcam_copies_the_backbone_and_starts_as_it(wan_dir, inputs, tmp_
                          "--output", str(out), "--seed", "3"], capture_output=True, text=True,
                         cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr
-  model = checkpoints.load_postcam(out, dtype=jnp.float32)
-  params = checkpoints.to_numpy_flat(model)
+  model = model_dir.load_postcam(out, dtype=jnp.float32)
+  params = model_dir.to_numpy_flat(model)
   # Every backbone weight, bit for bit.
   for key, value in wan_params.items():
     assert params[key].dtype == value.dtype and params[key].shape == value.shape, key
@@ -107,7 +107,7 @@ def test_init_postcam_copies_the_backbone_and_starts_as_it(wan_dir, inputs, tmp_
     if key.endswith(("norm_q/weight", "norm_k/weight", "norm/weight")):
       np.testing.assert_array_equal(params[key], np.ones_like(params[key]), err_msg=key)
 
-  wan = checkpoints.load_dit(directory, dtype=jnp.float32)
+  wan = model_dir.load_dit(directory, dtype=jnp.float32)
   run = nnx.jit(lambda m, x: m(**x))
   v = np.asarray(run(model, inputs))
   # The release's text-on-target quirk, Wan's blocks run by hand from the Wan checkpoint.
@@ -136,11 +136,11 @@ def test_init_postcam_copies_the_backbone_and_starts_as_it(wan_dir, inputs, tmp_
 def test_init_postcam_ablation_variants(wan_dir, tmp_path, variant, zero_keys):
   directory, wan_params = wan_dir
   cfg = pcc.init_postcam(directory, tmp_path / "pc", **variant)
-  meta = checkpoints.read_model_json(tmp_path / "pc")
+  meta = model_dir.read_model_json(tmp_path / "pc")
   assert {k: meta["config"][k] for k in variant} == variant
-  model = checkpoints.load_postcam(tmp_path / "pc", dtype=jnp.float32)
+  model = model_dir.load_postcam(tmp_path / "pc", dtype=jnp.float32)
   assert model.cfg.variant == cfg.variant == variant["variant"]
-  params = checkpoints.to_numpy_flat(model)
+  params = model_dir.to_numpy_flat(model)
   for key, value in wan_params.items():
     np.testing.assert_array_equal(params[key], value, err_msg=key)
   for prefix in zero_keys:

@@ -12,8 +12,8 @@ import pytest
 import torch
 from flax import nnx
 
-from postcam_jax import checkpoints
 from postcam_jax.convert import postcam as pcc
+from postcam_jax.io import model_dir
 from postcam_jax.models import postcam as pcm
 from postcam_jax.models.postcam import PostCamConfig, PostCamModel
 from tests.conftest import FIXTURES
@@ -63,7 +63,7 @@ def rel_err(got, want):
 
 
 def test_release_fixture_float32(converted, case):
-  model = checkpoints.load_postcam(converted, dtype=jnp.float32)
+  model = model_dir.load_postcam(converted, dtype=jnp.float32)
   want = np.moveaxis(case["output_target"], 1, -1)
   v = forward(model, inputs(case))
   assert v.dtype == jnp.float32 and v.shape == want.shape
@@ -105,13 +105,13 @@ def test_release_precision_policies(converted, case):
   want32 = np.moveaxis(case["output_target"], 1, -1)
   want16 = np.moveaxis(case["output_target_bf16"], 1, -1)
   x = inputs(case)
-  rel = forward(checkpoints.load_postcam(converted, dtype=jnp.bfloat16), x)
+  rel = forward(model_dir.load_postcam(converted, dtype=jnp.bfloat16), x)
   err_rel = rel_err(rel, want16)
   assert err_rel < 0.02, err_rel  # measured 9.5e-3 (the release itself moves 0.10 in bf16)
   release_drift = rel_err(want16, want32)  # 0.101: the release's bf16 run vs its float32 run
   err_rel32 = rel_err(rel, want32)
   assert 0.5 * release_drift < err_rel32 < 1.5 * release_drift, (err_rel32, release_drift)
-  mixed = forward(checkpoints.load_postcam(converted, precision="mixed"), x)
+  mixed = forward(model_dir.load_postcam(converted, precision="mixed"), x)
   err_mixed = rel_err(mixed, want32)
   assert 0 < err_mixed < 1e-2, err_mixed  # measured 3.1e-3 (docs/performance.md)
 
@@ -122,9 +122,9 @@ def test_stages_share_one_tree_on_disk(converted, case, tmp_path):
   layout."""
   x = inputs(case)
   pose_x = {**x, "render_latents": None}
-  stage1 = checkpoints.load_postcam(converted, dtype=jnp.float32, stage="pose")
+  stage1 = model_dir.load_postcam(converted, dtype=jnp.float32, stage="pose")
   assert stage1.cfg.stage == "pose"
-  release = checkpoints.to_numpy_flat(stage1)
+  release = model_dir.to_numpy_flat(stage1)
   opt = nnx.Optimizer(stage1, optax.sgd(0.1), wrt=pcm.trainable)
 
   @nnx.jit
@@ -138,17 +138,17 @@ def test_stages_share_one_tree_on_disk(converted, case, tmp_path):
 
   v1 = np.asarray(step(stage1, opt))
   assert v1.shape == x["latents"].shape and np.isfinite(v1).all()
-  trained = checkpoints.to_numpy_flat(stage1)
-  trainable_keys = set(checkpoints.flatten(nnx.to_pure_dict(nnx.state(stage1, pcm.trainable))))
+  trained = model_dir.to_numpy_flat(stage1)
+  trainable_keys = set(model_dir.flatten(nnx.to_pure_dict(nnx.state(stage1, pcm.trainable))))
   changed = {k for k in trained if not np.array_equal(trained[k], release[k])}
   assert changed and changed <= trainable_keys, changed - trainable_keys
   out = tmp_path / "stage1"
-  checkpoints.save_model(out, kind="postcam", params=trained,
-                         config=checkpoints.read_model_json(converted)["config"])
+  model_dir.save_model(out, kind="postcam", params=trained,
+                         config=model_dir.read_model_json(converted)["config"])
 
-  stage2 = checkpoints.load_postcam(out, dtype=jnp.float32)
+  stage2 = model_dir.load_postcam(out, dtype=jnp.float32)
   assert stage2.cfg.stage == "joint"
-  loaded = checkpoints.to_numpy_flat(stage2)
+  loaded = model_dir.to_numpy_flat(stage2)
   assert {k: v.shape for k, v in loaded.items()} == {k: v.shape for k, v in release.items()}
   for k, value in loaded.items():
     np.testing.assert_array_equal(value, trained[k], err_msg=k)
@@ -370,7 +370,7 @@ def test_one_step_updates_exactly_the_trainable_set():
     return grads
 
   grads = step(model, opt)
-  from postcam_jax.checkpoints import flatten  # pylint: disable=import-outside-toplevel
+  from postcam_jax.io.model_dir import flatten  # pylint: disable=import-outside-toplevel
   g = flatten(nnx.to_pure_dict(grads))
   trainable_keys = set(flatten(nnx.to_pure_dict(nnx.state(model, pcm.trainable))))
   assert set(g) == trainable_keys
@@ -415,7 +415,7 @@ def test_ablation_variants_have_own_trees():
   def tree(**kw):
     abstract = nnx.eval_shape(lambda: PostCamModel(PostCamConfig.tiny(**kw), rngs=nnx.Rngs(0)))
     return {k: v.shape for k, v in
-            checkpoints.flatten(nnx.to_pure_dict(nnx.state(abstract, nnx.Param))).items()}
+            model_dir.flatten(nnx.to_pure_dict(nnx.state(abstract, nnx.Param))).items()}
   keys = {variant: tree(variant=variant) for variant in pcm.VARIANTS}
   assert keys["query_shared"] == keys["kv_sum"]
   assert any("cam_attn" in k for k in keys["separate"])

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from postcam_jax import render
+from postcam_jax.geometry import render
 from tests.conftest import FIXTURES
 
 CASE = os.path.join(FIXTURES, "official-render-tiny", "render_case_a.npz")

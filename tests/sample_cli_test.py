@@ -15,11 +15,14 @@ import sentencepiece
 from flax import nnx
 from PIL import Image
 
-from postcam_jax import cameras, checkpoints, sample, sampling, video
 from postcam_jax.convert import t5 as t5_convert
 from postcam_jax.convert.postcam import convert_postcam
 from postcam_jax.convert.vae import KIND as VAE_KIND
 from postcam_jax.data import synthetic
+from postcam_jax.evaluation import fidelity
+from postcam_jax.inference import cli as sample_cli
+from postcam_jax.inference import sampling
+from postcam_jax.io import model_dir, video
 from postcam_jax.models.t5 import UMT5Config, UMT5Encoder
 from postcam_jax.models.vae import WanVAE, WanVAEConfig
 from tests.conftest import FIXTURES, REPO
@@ -66,7 +69,7 @@ def random_params(module_factory, seed=0):
   small VAE convolutions is slow on CPU): kernels N(0, 1/fan_in), biases 0, norm scales 1."""
   rng = np.random.default_rng(seed)
   out = {}
-  for key, leaf in checkpoints.abstract_params(module_factory).items():
+  for key, leaf in model_dir.abstract_params(module_factory).items():
     if len(leaf.shape) >= 2:
       fan_in = int(np.prod(leaf.shape[:-1]))
       out[key] = (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
@@ -78,7 +81,7 @@ def random_params(module_factory, seed=0):
 def save_tiny_vae(directory):
   cfg = WanVAEConfig.tiny()
   params = random_params(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
-  checkpoints.save_model(directory, kind=VAE_KIND, config=cfg.to_dict(), params=params)
+  model_dir.save_model(directory, kind=VAE_KIND, config=cfg.to_dict(), params=params)
 
 
 def save_tiny_text_encoder(directory):
@@ -87,7 +90,7 @@ def save_tiny_text_encoder(directory):
   cfg = UMT5Config.tiny()
   params = random_params(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0), dtype=np.float32,
                                              param_dtype=np.float32))
-  checkpoints.save_model(directory, kind=t5_convert.KIND, config=cfg.to_dict(), params=params)
+  model_dir.save_model(directory, kind=t5_convert.KIND, config=cfg.to_dict(), params=params)
   corpus = ["a girl holding a magic wand in front of a glowing star",
             "the camera orbits to the left around the scene"] * 20
   spm = io.BytesIO()
@@ -141,7 +144,7 @@ def probing():
     if event == "/jax/core/compile/backend_compile_duration":
       names.append(str(kwargs.get("fun_name", "")))
 
-  original = sample.Pipeline.run
+  original = sample_cli.Pipeline.run
 
   def run(self, *args, **kwargs):
     start = len(names)
@@ -149,11 +152,11 @@ def probing():
     # pylint: disable=protected-access
     runs.append({"pipe": self, "compiled": names[start:],
                  "loop_cache": sampling._run_steps._cache_size(),
-                 "step_cache": sampling._run_one_step._cache_size()})
+                 "step_cache": sampling.run_one_step._cache_size()})
     return result
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(sample.Pipeline, "run", run)
+    patch.setattr(sample_cli.Pipeline, "run", run)
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
       yield runs
@@ -193,7 +196,7 @@ def no_progress(assets, tmp_path_factory):
   out = tmp_path_factory.mktemp("no_progress") / "out"
   buffer = io.StringIO()
   with probing() as runs, contextlib.redirect_stdout(buffer):
-    code = sample.main(base_args(assets, out, **{"--trajectory": list(TRAJECTORIES),
+    code = sample_cli.main(base_args(assets, out, **{"--trajectory": list(TRAJECTORIES),
                                                  "--num-frames": FEW_FRAMES,
                                                  "--save-arrays": True}))
   assert code == 0
@@ -207,7 +210,7 @@ def test_cli_end_to_end_on_the_release_clip(assets, tmp_path, capsys):
   out = tmp_path / "out"
   argv = base_args(assets, out, **{"--prompt-embeds": None, "--text-encoder": assets / "t5",
                                    "--prompt": "a girl holding a magic wand"})
-  assert sample.main(argv) == 0, capsys.readouterr().err
+  assert sample_cli.main(argv) == 0, capsys.readouterr().err
   names = sorted(os.listdir(out))
   assert names == ["test1_contact_sheet.png", "test1_pred_video.mp4", "test1_render_video.mp4",
                    "test1_source_video.mp4"]
@@ -253,7 +256,7 @@ def test_cli_progress_bar_equals_no_progress(assets, tmp_path, capsys, no_progre
                                                   "--num-frames": FEW_FRAMES,
                                                   "--save-arrays": True})
   with probing() as runs:
-    assert sample.main(argv) == 0, capsys.readouterr().err
+    assert sample_cli.main(argv) == 0, capsys.readouterr().err
   err = capsys.readouterr().err
   for trajectory in TRAJECTORIES:
     assert f"test1 {trajectory}: 100%" in err and "2/2" in err, err
@@ -263,7 +266,7 @@ def test_cli_progress_bar_equals_no_progress(assets, tmp_path, capsys, no_progre
   # The per-step function compiles once, in the first trajectory (no other test here takes this
   # path on one device), for every step; the second trajectory compiles nothing.
   first, second = runs
-  assert len([n for n in first["compiled"] if "_run_one_step" in n]) == 1, first["compiled"]
+  assert len([n for n in first["compiled"] if "run_one_step" in n]) == 1, first["compiled"]
   assert second["step_cache"] == first["step_cache"]
   assert second["compiled"] == [], f"the second trajectory compiled {second['compiled']}"
 
@@ -278,7 +281,7 @@ def test_cli_sharded_over_8_devices_equals_one_device(assets, tmp_path, capsys, 
                                                   "--num-frames": FEW_FRAMES,
                                                   "--save-arrays": True})
   with probing() as runs:
-    assert sample.main(argv) == 0, capsys.readouterr().err
+    assert sample_cli.main(argv) == 0, capsys.readouterr().err
   assert sorted(os.listdir(out)) == ["test1_arrays.npz", "test1_contact_sheet.png",
                                      "test1_pred_video.mp4", "test1_render_video.mp4",
                                      "test1_source_video.mp4"]
@@ -290,7 +293,7 @@ def test_cli_sharded_over_8_devices_equals_one_device(assets, tmp_path, capsys, 
   assert all(len(p.sharding.device_set) == 8 for p in params)
   split = [p for p in params if p.addressable_shards[0].data.size * 4 == p.size]
   assert len(split) >= len(params) // 4, f"only {len(split)} of {len(params)} parameters split"
-  assert len([n for n in run["compiled"] if "_run_one_step" in n]) == 1, run["compiled"]
+  assert len([n for n in run["compiled"] if "run_one_step" in n]) == 1, run["compiled"]
   assert_same_sample(load_arrays(out / "test1_arrays.npz"), no_progress["arrays"][TRAJECTORIES[0]],
                      "--mesh data=2,fsdp=4 vs one device")
 
@@ -323,8 +326,7 @@ PSNR_PEAK = 2.0  # pixels in [-1, 1]
 
 
 def psnr(a, b, mask=None) -> float:
-  err = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
-  return float(10 * np.log10(PSNR_PEAK ** 2 / (err[mask] if mask is not None else err).mean()))
+  return fidelity.psnr(a, b, peak=PSNR_PEAK, mask=mask)
 
 
 def test_cli_on_a_synthetic_scene_with_its_exact_depth(assets, tmp_path, capsys):
@@ -343,7 +345,7 @@ def test_cli_on_a_synthetic_scene_with_its_exact_depth(assets, tmp_path, capsys)
   argv = base_args(assets, out, **{"--video": os.path.join(scene, "videos", f"{cam}.mp4"),
                                    "--depth": os.path.join(scene, "depth", f"{cam}.npz"),
                                    "--trajectory": start, "--save-arrays": True})
-  assert sample.main(argv) == 0, capsys.readouterr().err
+  assert sample_cli.main(argv) == 0, capsys.readouterr().err
   assert sorted(os.listdir(out)) == sorted(f"{cam}_{kind}" for kind in (
       "arrays.npz", "contact_sheet.png", "pred_video.mp4", "render_video.mp4",
       "source_video.mp4"))
@@ -392,7 +394,7 @@ def test_failure_modes_give_one_message_and_no_output(assets, tmp_path, capsys, 
   if changes.get("--depth") == "SMALL":
     changes = {"--depth": write_release_depth(tmp_path / "small", hw=(240, 416))}
   out = tmp_path / "out"
-  assert sample.main(base_args(assets, out, **changes)) == 2
+  assert sample_cli.main(base_args(assets, out, **changes)) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and message in err, err
   assert len(err.splitlines()) == 1, err

@@ -9,8 +9,10 @@ import pytest
 import torch
 from flax import nnx
 
-from postcam_jax import checkpoints, sampling, sharding
+from postcam_jax import parallel
 from postcam_jax.convert.postcam import convert_postcam
+from postcam_jax.inference import sampling
+from postcam_jax.io import model_dir
 from postcam_jax.models.postcam import PostCamConfig, PostCamModel
 from tests.conftest import FIXTURES
 
@@ -30,7 +32,7 @@ def case():
 def release_model(tmp_path_factory):
   out = tmp_path_factory.mktemp("postcam") / "converted"
   convert_postcam(os.path.join(FIXTURE, "postcam.ckpt"), out)
-  return checkpoints.load_postcam(out, jnp.float32)
+  return model_dir.load_postcam(out, jnp.float32)
 
 
 def test_release_grids_are_bit_exact(case):
@@ -192,9 +194,9 @@ def test_sharded_sample_equals_single_device():
   kw = dict(num_steps=3, guidance_scale=4.0, solver="unipc")
   single = np.asarray(sampling.sample_latents(model, **inputs, **kw))
 
-  mesh = sharding.mesh_from_spec("data=2,fsdp=2,tensor=2")
+  mesh = parallel.make_mesh("data=2,fsdp=2,tensor=2")
   graphdef, state = nnx.split(model)
-  shardings = sharding.param_shardings(state, mesh)
+  shardings = parallel.param_shardings(state, mesh)
   placed = jax.device_put(nnx.to_pure_dict(state), shardings)
   nnx.replace_by_pure_dict(state, placed)
   sharded_model = nnx.merge(graphdef, state)

@@ -13,11 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from postcam_jax import checkpoints, sharding
+from postcam_jax import parallel
+from postcam_jax.io import model_dir
 from postcam_jax.models import attention as attention_lib
-from postcam_jax.models import sequence_parallel
+from postcam_jax.models.attention import sequence_parallel
 from postcam_jax.models.postcam import PostCamConfig, PostCamModel, trainable
 from postcam_jax.models.wan import WanConfig, WanModel, init_model
 
@@ -63,13 +65,13 @@ def host_inputs(cfg, postcam: bool, seed=0):
 
 def place(graphdef, state, params, inputs, mesh):
   """Parameters by their logical names, inputs split on the batch axis."""
-  placed = sharding.put_global(params, sharding.param_shardings(state, mesh))
-  batch = sharding.logical_to_spec(("batch",))
+  placed = parallel.put_global(params, parallel.param_shardings(state, mesh))
+  batch = parallel.logical_to_spec(("batch",))
 
   def input_sharding(x):
-    return NamedSharding(mesh, sharding.fit_spec(batch, x.shape, mesh))
+    return NamedSharding(mesh, parallel.fit_spec(batch, x.shape, mesh))
 
-  return placed, sharding.put_global(inputs, [input_sharding(x) for x in inputs])
+  return placed, parallel.put_global(inputs, [input_sharding(x) for x in inputs])
 
 
 def forward_fn(graphdef, state):
@@ -145,7 +147,7 @@ def test_forward_matches_single_device(kind, monkeypatch):
   cfg = DIT_CFG if kind == "dit" else POSTCAM_CFG
   fwd = forward_fn(graphdef, state)
   for shape in MESHES:
-    mesh = sharding.make_mesh(*shape)
+    mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
     recorder = SchemeRecorder(monkeypatch)
     p, x = place(graphdef, state, params, inputs, mesh)
     with jax.set_mesh(mesh):
@@ -177,14 +179,14 @@ def test_train_step_matches_single_device():
   dev = jax.devices()[0]
   want_loss, want_out, want_grads = step(jax.device_put(params, dev), jax.device_put(inputs, dev),
                                jax.device_put(target, dev))
-  mesh = sharding.make_mesh(*shape)
+  mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
   p, x = place(graphdef, state, params, inputs + [target], mesh)
   with jax.set_mesh(mesh):
     loss, out, grads = step(p, x[:-1], x[-1])
   assert relative_error(loss, want_loss) <= TOL
   assert relative_error(out, want_out) <= TOL
-  flat = checkpoints.flatten(grads)
-  assert set(flat) == set(checkpoints.flatten(want_grads))
+  flat = model_dir.flatten(grads)
+  assert set(flat) == set(model_dir.flatten(want_grads))
   assert any("self_attn" in k for k in flat) and any("projector" in k for k in flat)
   assert not any("ffn" in k or "text_embedding" in k for k in flat)  # frozen: no gradient
   err = tree_relative_error(grads, want_grads)
@@ -193,7 +195,7 @@ def test_train_step_matches_single_device():
 
 def test_parameter_shardings_init_and_restore(tmp_path):
   cfg = PostCamConfig.tiny(num_heads=4)
-  mesh = sharding.make_mesh(fsdp=2, tensor=4)
+  mesh = parallel.make_mesh({"fsdp": 2, "tensor": 4})
   model = init_model(PostCamModel, cfg, seed=3, mesh=mesh)
   expected = {  # kernel -> (spec, per-device shard shape)
       ("blocks", "self_attn", "q", "kernel"): (P(None, "fsdp", "tensor"), (2, 32, 16)),
@@ -225,9 +227,9 @@ def test_parameter_shardings_init_and_restore(tmp_path):
                                atol=1e-9, err_msg="/".join(map(str, key)))
 
   out = tmp_path / "postcam"
-  checkpoints.save_model(str(out), kind="postcam", config=cfg.to_dict(),
-                         params=checkpoints.to_numpy_flat(model))
-  restored = checkpoints.load_postcam(str(out), mesh=mesh)
+  model_dir.save_model(str(out), kind="postcam", config=cfg.to_dict(),
+                         params=model_dir.to_numpy_flat(model))
+  restored = model_dir.load_postcam(str(out), mesh=mesh)
   arrays = check(restored, "restore")
   for key, _ in plain:
     np.testing.assert_array_equal(np.asarray(arrays[tuple(key)]), np.asarray(sharded[tuple(key)]))
@@ -244,8 +246,8 @@ def weighted_sum(fn):
 def test_weights_shard_over_fsdp_and_sequence():
   """A batch-1 sequence mesh still splits the weights (Wan's FSDP over the USP group)."""
   abstract = nnx.eval_shape(lambda: PostCamModel(POSTCAM_CFG, rngs=nnx.Rngs(0)))
-  mesh = jax.sharding.AbstractMesh((1, 2, 2, 2), sharding.MESH_AXES)
-  shardings = sharding.param_shardings(nnx.state(abstract), mesh)
+  mesh = jax.sharding.AbstractMesh((1, 2, 2, 2), parallel.MESH_AXES)
+  shardings = parallel.param_shardings(nnx.state(abstract), mesh)
   q = shardings["blocks"]["self_attn"]["q"]["kernel"]
   assert q.spec == P(None, ("fsdp", "sequence"), "tensor")
   assert q.shard_shape((2, 64, 64)) == (2, 16, 32)
@@ -257,7 +259,7 @@ def test_sequence_schemes_and_errors():
   rng = np.random.default_rng(0)
   hp = jax.lax.Precision.HIGHEST
   for shape, heads in [((1, 1, 1, 8), 8), ((2, 1, 1, 4), 6)]:
-    mesh = sharding.make_mesh(*shape)
+    mesh = parallel.make_mesh(dict(zip(parallel.MESH_AXES, shape)))
     q, k, v = (jnp.asarray(rng.standard_normal((2, 32, heads, 8)), jnp.float32)
                for _ in range(3))
     want = attention_lib.xla_attention(q, k, v, precision=hp)

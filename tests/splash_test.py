@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from postcam_jax import sharding
-from postcam_jax.models import attention, sequence_parallel, splash
+from postcam_jax import parallel
+from postcam_jax.models import attention
+from postcam_jax.models.attention import sequence_parallel, splash
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -47,7 +48,7 @@ def test_forward_and_gradient_match_xla(lq, lk):
 def test_inside_sequence_parallel_shard_map(monkeypatch):
   # Ulysses: all-to-all to whole sequences per device, splash as the local kernel.
   monkeypatch.setattr(sequence_parallel, "LOCAL_KERNEL", "splash_interpret")
-  mesh = sharding.make_mesh(data=2, sequence=2, devices=jax.devices()[:4])
+  mesh = parallel.make_mesh({"data": 2, "sequence": 2}, devices=jax.devices()[:4])
   q, k, v = _qkv(2, 32, 32, 2, 16, seed=1)
   spec = jax.sharding.NamedSharding(mesh, P(("data",), "sequence"))
   q, k, v = (jax.device_put(x, spec) for x in (q, k, v))
@@ -59,7 +60,7 @@ def test_inside_sequence_parallel_shard_map(monkeypatch):
 def test_batch_sharded_mesh_wraps_kernel_per_device():
   # Outside shard_map on a data mesh the kernel runs per device (a custom call is not
   # partitioned by XLA) and still equals the XLA attention.
-  mesh = sharding.make_mesh(data=2, devices=jax.devices()[:2])
+  mesh = parallel.make_mesh({"data": 2}, devices=jax.devices()[:2])
   q, k, v = _qkv(2, 24, 24, 2, 16, seed=2)
   with jax.set_mesh(mesh):
     got = jax.jit(functools.partial(attention.attention, implementation="splash_interpret"))(

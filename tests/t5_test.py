@@ -6,14 +6,14 @@ import pytest
 import sentencepiece
 import torch
 from flax import nnx
-from transformers import T5Tokenizer
+from transformers import T5Tokenizer, UMT5EncoderModel
 from transformers import UMT5Config as HFConfig
-from transformers import UMT5EncoderModel
 from transformers.models.umt5.modeling_umt5 import UMT5Attention
 
-from postcam_jax import checkpoints, text
 from postcam_jax.convert import common
 from postcam_jax.convert import t5 as convert_t5
+from postcam_jax.io import model_dir
+from postcam_jax.models import tokenizer
 from postcam_jax.models.t5 import UMT5Config, UMT5Encoder, relative_position_buckets
 
 HF_SMALL = dict(vocab_size=300, d_model=32, d_kv=8, d_ff=48, num_layers=3, num_heads=4,
@@ -36,11 +36,11 @@ def load_from_state_dict(sd) -> UMT5Encoder:
   source = common.DictSource({k: v.numpy() for k, v in sd.items()})
   fmt = convert_t5.detect_format(source.keys())
   cfg = convert_t5.infer_config(source, fmt)
-  abstract = checkpoints.abstract_params(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
+  abstract = model_dir.abstract_params(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
   params = common.convert_tensors(source, convert_t5.rules(fmt), abstract)
   model = UMT5Encoder(cfg, rngs=nnx.Rngs(1))
   state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, checkpoints.unflatten(params))
+  nnx.replace_by_pure_dict(state, model_dir.unflatten(params))
   nnx.update(model, state)
   return model
 
@@ -70,7 +70,7 @@ def test_parity_with_transformers_padded_batch(reference):
     want = reference(input_ids=torch.from_numpy(ids),
                      attention_mask=torch.from_numpy(mask.astype(np.int64))).last_hidden_state
   want = want.numpy()
-  got = np.asarray(text.TextEncoder(model, None).encode_ids(ids, mask))
+  got = np.asarray(tokenizer.TextEncoder(model, None).encode_ids(ids, mask))
   assert got.shape == (4, length, 32)
   for b, n in enumerate(lengths):
     err = np.abs(got[b, :n] - want[b, :n]).max() / np.abs(want[b, :n]).max()
@@ -85,8 +85,8 @@ def test_wan_layout_gives_the_same_model(reference):
     for i in range(HF_SMALL["num_layers"] if "{i}" in e.wan else 1):
       renamed[e.wan.replace("{i}", str(i))] = sd[e.diffusers[0].replace("{i}", str(i))]
   assert convert_t5.detect_format(renamed) == "wan"
-  a = checkpoints.to_numpy_flat(load_from_state_dict(renamed))
-  b = checkpoints.to_numpy_flat(load_from_state_dict(sd))
+  a = model_dir.to_numpy_flat(load_from_state_dict(renamed))
+  b = model_dir.to_numpy_flat(load_from_state_dict(sd))
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -96,15 +96,15 @@ def test_presets():
   cfg = UMT5Config.umt5_xxl()
   assert (cfg.dim, cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.ffn_dim) == (
       4096, 24, 64, 64, 10240)
-  abstract = checkpoints.abstract_params(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
+  abstract = model_dir.abstract_params(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
   assert abs(sum(int(np.prod(v.shape)) for v in abstract.values()) - 5.68e9) < 0.01e9
   assert abstract["blocks/q/kernel"].shape == (24, 4096, 4096)
   assert UMT5Config.from_dict(UMT5Config.tiny().to_dict()) == UMT5Config.tiny()
 
 
 def test_clean_text():
-  assert text.clean_text("  a &amp;amp; b\n\t c  ") == "a & b c"
-  assert text.clean_text("schÃ¶n") == "schön"  # ftfy repairs mojibake
+  assert tokenizer.clean_text("  a &amp;amp; b\n\t c  ") == "a & b c"
+  assert tokenizer.clean_text("schÃ¶n") == "schön"  # ftfy repairs mojibake
 
 
 CORPUS = ["A cat sits on the mat.", "The quick brown fox jumps over the lazy dog.",
@@ -128,8 +128,8 @@ def spm_dirs(tmp_path_factory):
 
 def test_tokenizer_backends_agree(spm_dirs):
   sp_dir, hf_dir = spm_dirs
-  a = text.Tokenizer(sp_dir, text_len=24)
-  b = text.Tokenizer(hf_dir, text_len=24)
+  a = tokenizer.Tokenizer(sp_dir, text_len=24)
+  b = tokenizer.Tokenizer(hf_dir, text_len=24)
   assert (a.backend, b.backend) == ("sentencepiece", "transformers")
   prompts = ["A cat  jumps over the &amp;amp; dog.", "snowy park", "x" * 200]
   ids_a, mask_a = a(prompts)
@@ -148,7 +148,7 @@ def test_encode_text_end_to_end(spm_dirs, tmp_path):
   sp_dir, _ = spm_dirs
   cfg = UMT5Config.tiny()
   model = UMT5Encoder(cfg, rngs=nnx.Rngs(0))
-  encoder = text.TextEncoder(model, text.Tokenizer(sp_dir, text_len=cfg.text_len))
+  encoder = tokenizer.TextEncoder(model, tokenizer.Tokenizer(sp_dir, text_len=cfg.text_len))
   states, lengths = encoder.encode_text(["A cat sits.", "The quick brown fox jumps over"])
   assert states.shape == (2, cfg.text_len, cfg.dim)
   lengths = np.asarray(lengths)
@@ -157,8 +157,8 @@ def test_encode_text_end_to_end(spm_dirs, tmp_path):
     assert np.all(np.asarray(states)[row, n:] == 0.0)
     assert np.all(np.abs(np.asarray(states)[row, :n]).sum(-1) > 0)
   with pytest.raises(ValueError, match="no tokenizer"):
-    text.TextEncoder(model, None).encode_text("a")
+    tokenizer.TextEncoder(model, None).encode_text("a")
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    text.Tokenizer(tmp_path / "nothing")
+    tokenizer.Tokenizer(tmp_path / "nothing")
   with pytest.raises(TypeError, match="prompts must be strings"):
     encoder.encode_text([1, 2])

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from configs import common, postcam_tiny
-from postcam_jax import metrics, train, train_data
+from postcam_jax import training
 from postcam_jax.data import arrayrecord, prepare, synthetic
+from postcam_jax.training import data as train_data
+from postcam_jax.training import metrics
 
 H, W, T = 64, 96, 9
 SCENES = {"train": 2, "test": 1}
@@ -118,7 +120,7 @@ def test_trains_and_evaluates_from_latent_records(records, tmp_path, monkeypatch
     return source
 
   monkeypatch.setattr(arrayrecord, "data_source", counting)
-  result = train.train_and_evaluate(config, str(tmp_path))
+  result = training.train_and_evaluate(config, str(tmp_path))
   assert result.step == 3
   losses = [r["train/loss"] for r in metrics.read_jsonl(str(tmp_path)) if "train/grad_norm" in r]
   assert len(losses) == 3 and np.all(np.isfinite(losses))
@@ -142,4 +144,4 @@ def test_latent_records_of_another_clip_length_are_refused(records, tmp_path):
   config = arrayrecord_config(data_dir)
   config.data.num_frames = 5
   with pytest.raises(ValueError, match="clips of 9 frames; set --config.data.num_frames=9"):
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))

@@ -9,8 +9,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import ablations, demo, postcam_14b, postcam_1p3b, postcam_tiny
-from postcam_jax import aot, train
+from configs import ablations, demo, postcam_1p3b, postcam_14b, postcam_tiny
+from postcam_jax import planning, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = {"postcam_1p3b": postcam_1p3b, "postcam_14b": postcam_14b}
@@ -22,7 +22,7 @@ def test_full_size_configs_require_a_backbone(name, tmp_path):
   assert config.backbone is None
   with pytest.raises(ValueError, match=r"--config\.backbone=.*tools/convert_weights\.py "
                                        r"init-postcam"):
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
   assert not os.listdir(tmp_path)  # stopped before any work
   assert ablations.get_config("render_first").backbone is None
 
@@ -39,26 +39,26 @@ def test_backbone_flag_on_the_command_line(tmp_path):
     values(argv)
     return holder.value
 
-  assert train.backbone_of(parse(f"--config.backbone={tmp_path}")) == str(tmp_path)
-  assert train.backbone_of(parse("--config.backbone=")) == ""
+  assert training.backbone_of(parse(f"--config.backbone={tmp_path}")) == str(tmp_path)
+  assert training.backbone_of(parse("--config.backbone=")) == ""
   with pytest.raises(ValueError, match="config.backbone is required"):
-    train.backbone_of(parse("--config.seed=3"))
+    training.backbone_of(parse("--config.seed=3"))
 
 
 def test_small_configs_train_from_random_weights():
   for config in (postcam_tiny.get_config(), demo.get_config(),
                  ablations.get_config("render_first,tiny")):
-    assert train.backbone_of(config) == ""
+    assert training.backbone_of(config) == ""
 
 
 @pytest.mark.parametrize("name", sorted(FULL))
 def test_aot_planner_still_loads_the_full_size_configs(name):
   """The planner never loads a backbone: its config handling works with the unset one."""
-  config = aot.load_config(os.path.join(REPO, "configs", f"{name}.py"),
-                           ["--config.model.remat='dots'"])
-  shallow = aot.with_layers(aot.with_options(config, "full", 2), 1)
+  config = planning.load_config(os.path.join(REPO, "configs", f"{name}.py"),
+                           ["--config.model.remat=dots"])
+  shallow = planning.with_layers(planning.with_options(config, "full", 2), 1)
   assert shallow.backbone is None and shallow.optim.accum_steps == 2
-  assert train.model_config(shallow).num_layers == 1
+  assert training.model_config(shallow).num_layers == 1
 
 
 @pytest.mark.parametrize("name", sorted(FULL))

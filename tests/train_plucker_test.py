@@ -9,8 +9,11 @@ import pytest
 from flax import nnx
 
 from configs import ablations
-from postcam_jax import cameras, losses, metrics, train, train_data
+from postcam_jax import training
 from postcam_jax.data import pipeline
+from postcam_jax.geometry import cameras
+from postcam_jax.training import data as train_data
+from postcam_jax.training import losses, metrics
 
 H, W, T = 64, 96, 9
 LATENT = (3, H // 8, W // 8)  # (F, h, w) of a 9-frame 64x96 clip
@@ -36,12 +39,12 @@ def config(tmp_path_factory):
 
 
 def test_config_selects_the_plucker_camera(config):
-  cfg = train.model_config(config)
+  cfg = training.model_config(config)
   assert cfg.camera_input == "plucker" and cfg.plucker and cfg.camera_width == 24
   assert train_data.camera_input(config) == "plucker"
   baseline = ablations.get_config("baseline_plucker_render,tiny")
   assert train_data.camera_input(baseline) == "plucker"
-  assert train.model_config(baseline).variant == "plucker_add"
+  assert training.model_config(baseline).variant == "plucker_add"
   assert train_data.camera_input(ablations.get_config("one_stage,tiny")) == "rt"
 
 
@@ -83,9 +86,9 @@ def test_plucker_camera_map_refuses_intrinsics_of_another_size():
 
 
 def test_trains_and_moves_the_camera_encoder(config, tmp_path):
-  cfg = train.model_config(config)
-  mesh = train.make_run_mesh(config)
-  result = train.train_and_evaluate(config, str(tmp_path))
+  cfg = training.model_config(config)
+  mesh = training.make_run_mesh(config)
+  result = training.train_and_evaluate(config, str(tmp_path))
   assert result.step == 4
   step_losses = [r["train/loss"] for r in metrics.read_jsonl(str(tmp_path))
                  if "train/grad_norm" in r]
@@ -93,7 +96,7 @@ def test_trains_and_moves_the_camera_encoder(config, tmp_path):
   assert step_losses[-1] < step_losses[0], step_losses  # one batch, one noise draw
   # Without weight decay AdamW leaves a parameter whose gradients were all zero exactly where
   # it was, so a changed camera encoder had a non-zero gradient.
-  fresh, _ = train.create_model(config, cfg, mesh)
+  fresh, _ = training.create_model(config, cfg, mesh)
   before = nnx.to_flat_state(nnx.state(fresh.cam_encoder, nnx.Param))
   after = dict(nnx.to_flat_state(nnx.state(result.model.cam_encoder, nnx.Param)))
   moved = [path for path, var in before
@@ -102,14 +105,14 @@ def test_trains_and_moves_the_camera_encoder(config, tmp_path):
 
 
 def test_abstract_train_inputs_have_the_plucker_camera(config):
-  mesh = train.make_run_mesh(config)
+  mesh = training.make_run_mesh(config)
   render = (LATENT[0], LATENT[1] // 4, LATENT[2] // 4, 16)
-  graphdef, inputs = train.abstract_train_inputs(config, mesh, (*LATENT, 16), render)
+  graphdef, inputs = training.abstract_train_inputs(config, mesh, (*LATENT, 16), render)
   batch = inputs[-1]
   assert batch["camera"].shape == (config.data.batch_size, TOKENS, 24)
-  assert batch["camera"].shape == train.camera_shape(train.model_config(config), 2, LATENT)
+  assert batch["camera"].shape == training.camera_shape(training.model_config(config), 2, LATENT)
   # The model accepts it: the trainer's step traces on these abstract inputs (as aot does).
-  step = train.make_train_step(graphdef, losses.LossConfig.from_config(config.loss),
+  step = training.make_train_step(graphdef, losses.LossConfig.from_config(config.loss),
                                camera=True, render=True,
                                shardings=jax.tree.map(lambda x: x.sharding, tuple(inputs)))
   step.lower(*inputs)

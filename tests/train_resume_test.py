@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from postcam_jax import metrics
+from postcam_jax.training import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

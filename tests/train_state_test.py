@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from postcam_jax import checkpointing, metrics, sharding, train
+from postcam_jax import parallel, training
 from postcam_jax.models.postcam import trainable
+from postcam_jax.training import checkpointing, metrics
 from tests.train_test import shared_cache_dir, tiny_config
 
 STEPS = 4
@@ -53,7 +54,7 @@ def cache_dir(tmp_path_factory):
 def reference(cache_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("reference")
   config = reference_config(cache_dir)
-  return config, workdir, train.train_and_evaluate(config, str(workdir))
+  return config, workdir, training.train_and_evaluate(config, str(workdir))
 
 
 def test_resume_on_a_different_mesh(reference, tmp_path):
@@ -67,20 +68,20 @@ def test_resume_on_a_different_mesh(reference, tmp_path):
   shutil.copytree(workdir / "checkpoints" / "2", tmp_path / "checkpoints" / "2")
   moved = reference_config(config.data.cache_dir, mesh="fsdp=2,tensor=2,sequence=2",
                            mesh_devices=8)
-  mesh = train.make_run_mesh(moved)
+  mesh = training.make_run_mesh(moved)
   assert mesh.size == 8
 
   # The restore itself: into a model built on the new mesh, values as saved.
-  model, _ = train.create_model(moved, train.model_config(moved), mesh)
-  tx, _ = train.make_optimizer(moved)
-  optimizer = train.create_optimizer(model, tx, mesh)
+  model, _ = training.create_model(moved, training.model_config(moved), mesh)
+  tx, _ = training.make_optimizer(moved)
+  optimizer = training.create_optimizer(model, tx, mesh)
   rng = jax.device_put(np.zeros(2, np.uint32), jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec()))
-  target = checkpointing.abstract_like(train.checkpoint_state(model, optimizer, rng, 0))
+  target = checkpointing.abstract_like(training.checkpoint_state(model, optimizer, rng, 0))
   ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), every=2, keep=2)
   restored = ckpt.restore(2, target)
   ckpt.close()
-  want = sharding.param_shardings(nnx.state(model, trainable), mesh)
+  want = parallel.param_shardings(nnx.state(model, trainable), mesh)
   saved = checkpointing.restore_params(str(workdir / "checkpoints" / "2"),
                                        checkpointing.abstract_like(restored["params"]))
   flat_want = dict(jax.tree_util.tree_leaves_with_path(want))
@@ -96,7 +97,7 @@ def test_resume_on_a_different_mesh(reference, tmp_path):
   assert any(a.sharding.shard_shape(a.shape) != a.shape for a in flat_got.values())
 
   # The trainer resumes there and runs on.
-  result = train.train_and_evaluate(moved, str(tmp_path))
+  result = training.train_and_evaluate(moved, str(tmp_path))
   assert result.step == STEPS
   ref, resumed = step_records(workdir), step_records(tmp_path)
   assert sorted(resumed) == [3, 4]
@@ -119,7 +120,7 @@ def test_gradient_accumulation_equals_the_whole_batch(reference, tmp_path):
   config, _, whole = reference
   accum = reference_config(config.data.cache_dir)
   accum.optim.accum_steps = 2
-  result = train.train_and_evaluate(accum, str(tmp_path))
+  result = training.train_and_evaluate(accum, str(tmp_path))
   ref, acc = step_records(reference[1]), step_records(tmp_path)
   assert sorted(acc) == list(range(1, STEPS + 1))
   # The loss of a step is the mean of its micro-batch losses: the whole batch's mean, summed in
@@ -143,7 +144,7 @@ def test_gradient_accumulation_equals_the_whole_batch(reference, tmp_path):
   # Parameters: Adam moves an element by at most lr per step (|m/sqrt(v)| <= 1), so the runs'
   # parameters may differ by the float32 rounding of those moves; bound it by 1e-3 of the
   # learning rate summed over the steps (a sign flip or a different gradient moves ~lr).
-  _, schedule = train.make_optimizer(accum)
+  _, schedule = training.make_optimizer(accum)
   bound = 1e-3 * sum(float(schedule(s)) for s in range(STEPS))
   a_params, b_params = trainable_arrays(whole.model), trainable_arrays(result.model)
   for path, a in a_params.items():
@@ -167,8 +168,8 @@ def checkpoint_steps(workdir) -> list[int]:
 
 
 def saved_params(workdir, step, config) -> dict:
-  mesh = train.make_run_mesh(config)
-  model, _ = train.create_model(config, train.model_config(config), mesh)
+  mesh = training.make_run_mesh(config)
+  model, _ = training.create_model(config, training.model_config(config), mesh)
   target = checkpointing.abstract_like(nnx.to_pure_dict(nnx.state(model, trainable)))
   return checkpointing.restore_params(os.path.join(str(workdir), "checkpoints", str(step)),
                                       target)
@@ -183,7 +184,7 @@ def test_diverging_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(cac
   config.checkpoint.every = 1
   config.optim.lr, config.optim.warmup_steps = 1e30, 0
   with pytest.raises(FloatingPointError, match=r"at step (\d+): training stopped") as err:
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
   bad = int(str(err.value).split(" at step ")[1].split(":")[0])
   assert 1 < bad <= 6
   assert not math.isfinite(float(str(err.value).split("loss is ")[1].split(" ")[0]))
@@ -206,6 +207,6 @@ def test_a_finite_loss_with_a_non_finite_update_is_never_checkpointed(cache_dir,
   config.optim.eps = 0.0
   with pytest.raises(FloatingPointError,
                      match=r"the update of step 1 left NaN/Inf in the trainable parameters"):
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
   assert checkpoint_steps(tmp_path) == []
   assert step_records(tmp_path) == {}

@@ -11,8 +11,9 @@ import pytest
 from flax import nnx
 
 from configs import postcam_tiny
-from postcam_jax import metrics, train
+from postcam_jax import training
 from postcam_jax.models.postcam import frozen, trainable
+from postcam_jax.training import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +52,7 @@ def general_run(cache_dir, tmp_path_factory):
   config.eval.every = 800
   config.eval.num_batches = 6  # all 12 held-out pairs
   workdir = tmp_path_factory.mktemp("general")
-  return config, workdir, train.train_and_evaluate(config, str(workdir))
+  return config, workdir, training.train_and_evaluate(config, str(workdir))
 
 
 def step_losses(workdir):
@@ -71,8 +72,8 @@ def test_camera_is_used_on_held_out_pairs(general_run):
 
 def test_frozen_unchanged_and_optimizer_state_only_for_trainable(general_run):
   config, _, result = general_run
-  cfg = train.model_config(config)
-  fresh, _ = train.create_model(config, cfg, train.make_run_mesh(config))
+  cfg = training.model_config(config)
+  fresh, _ = training.create_model(config, cfg, training.make_run_mesh(config))
   before = nnx.to_flat_state(nnx.state(fresh, frozen))
   after = dict(nnx.to_flat_state(nnx.state(result.model, frozen)))
   assert len(before) > 0
@@ -105,7 +106,7 @@ def test_overfits_a_fixed_batch(cache_dir, tmp_path):
   config.optim.lr = 3e-3
   config.loss.fixed_noise = True
   config.eval.every = 0
-  train.train_and_evaluate(config, str(tmp_path))
+  training.train_and_evaluate(config, str(tmp_path))
   losses = step_losses(tmp_path)
   assert len(losses) == 400
   assert losses[0] / np.mean(losses[-10:]) >= 10.0, (losses[0], losses[-10:])
@@ -129,7 +130,7 @@ def test_sharded_8_devices_matches_one_device(general_run, tmp_path):
   sharded = tiny_config(config.data.cache_dir, schedule="pose_only", stage_steps=(4,),
                         mesh="data=2,fsdp=4", mesh_devices=8)
   sharded.eval.every = 0
-  train.train_and_evaluate(sharded, str(tmp_path))
+  training.train_and_evaluate(sharded, str(tmp_path))
   one = step_losses(workdir)[:4]
   eight = step_losses(tmp_path)
   np.testing.assert_allclose(eight, one, rtol=1e-5)

@@ -11,8 +11,8 @@ from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from flax import nnx
 
-from postcam_jax import checkpoints
 from postcam_jax.convert import vae as convert_vae
+from postcam_jax.io import model_dir
 from postcam_jax.models import vae as vae_lib
 from postcam_jax.models.vae import WanVAE, WanVAEConfig
 
@@ -51,7 +51,7 @@ def converted(reference, tmp_path_factory):
   root = tmp_path_factory.mktemp("vae")
   reference.save_pretrained(root / "diffusers")
   convert_vae.convert_vae(str(root / "diffusers"), str(root / "from_diffusers"))
-  return root, convert_vae.load_vae(str(root / "from_diffusers"))
+  return root, model_dir.load_vae(str(root / "from_diffusers"))
 
 
 def torch_encode(ref, video):
@@ -134,18 +134,18 @@ def test_wan_layout_converts_to_the_same_model(reference, converted):
     assert torch.equal(v, diffusers_sd[k]), k
   torch.save(wan_sd, root / "Wan2.1_VAE.pth")
   convert_vae.convert_vae(str(root / "Wan2.1_VAE.pth"), str(root / "from_wan"))
-  meta = checkpoints.read_model_json(str(root / "from_wan"))
+  meta = model_dir.read_model_json(str(root / "from_wan"))
   assert meta["format"] == "wan" and meta["kind"] == "wan_vae"
-  from_wan = convert_vae.load_vae(str(root / "from_wan"))
-  a = checkpoints.to_numpy_flat(from_wan)
-  b = checkpoints.to_numpy_flat(vae)
+  from_wan = model_dir.load_vae(str(root / "from_wan"))
+  a = model_dir.to_numpy_flat(from_wan)
+  b = model_dir.to_numpy_flat(vae)
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_full_config_has_wan_parameter_count():
-  abstract = checkpoints.abstract_params(lambda: WanVAE(WanVAEConfig.full(), rngs=nnx.Rngs(0)))
+  abstract = model_dir.abstract_params(lambda: WanVAE(WanVAEConfig.full(), rngs=nnx.Rngs(0)))
   assert sum(int(np.prod(v.shape)) for v in abstract.values()) == 126_892_531
   cfg = WanVAEConfig.full()
   assert WanVAEConfig.from_dict(cfg.to_dict()) == cfg
@@ -166,7 +166,7 @@ def test_bad_inputs_are_rejected():
     vae.decode(np.zeros((1, 2, 2, 2, 4), np.float32))
   with pytest.raises(ValueError, match="temporal downsamplings"):
     WanVAEConfig(temporal_downsample=(False, False, True))
-  with pytest.raises(ValueError, match="unknown WanVAEConfig fields"):
+  with pytest.raises(ValueError, match="unknown WanVAEConfig field"):
     WanVAEConfig.from_dict({"base": 3})
 
 

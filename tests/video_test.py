@@ -1,9 +1,10 @@
-"""mp4 round trips and read errors of postcam_jax.video."""
+"""mp4 round trips and read errors of postcam_jax.io.video."""
 
 import numpy as np
 import pytest
 
-from postcam_jax import video
+from postcam_jax.evaluation import fidelity
+from postcam_jax.io import video
 
 
 def _frames(t=12, h=32, w=48):
@@ -26,7 +27,7 @@ def test_round_trip_psnr_and_info(tmp_path):
   assert info == {"fps": 15.0, "height": 32, "width": 48, "codec": "h264", "num_frames": 12}
   decoded = video.read_video(path)
   assert decoded.shape == frames.shape and decoded.dtype == np.uint8
-  assert video.psnr(frames, decoded) > 36.0  # yuv420p, crf 12: 38.2 dB measured
+  assert fidelity.psnr(frames, decoded) > 36.0  # yuv420p, crf 12: 38.2 dB measured
 
 
 def test_range_and_stride_match_slicing(tmp_path):
@@ -41,9 +42,9 @@ def test_bytes_round_trip_and_full_chroma():
   frames = _frames(t=5)
   data = video.encode_video_bytes(frames, crf=12)
   assert data[4:8] == b"ftyp"
-  assert video.psnr(frames, video.decode_video_bytes(data)) > 35.0
+  assert fidelity.psnr(frames, video.decode_video_bytes(data)) > 35.0
   full = video.encode_video_bytes(frames, crf=4, pix_fmt="yuv444p")
-  assert video.psnr(frames, video.decode_video_bytes(full)) > 45.0
+  assert fidelity.psnr(frames, video.decode_video_bytes(full)) > 45.0
 
 
 @pytest.mark.parametrize("keep", [0.95, 0.8, 0.5])

@@ -8,11 +8,9 @@ import zlib
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-
 from flax import nnx
 
-from postcam_jax import checkpoints
+from postcam_jax.io import model_dir
 from postcam_jax.models.wan import WanConfig, WanModel
 from tests import reference
 
@@ -43,7 +41,7 @@ def test_parity_with_diffusers(tmp_path, name, overrides, batch, grid, ctx_len):
   out = tmp_path / "converted"
   proc = run_cli("dit", "--input", str(src), "--output", str(out))
   assert proc.returncode == 0, proc.stderr
-  model = checkpoints.load_dit(out)
+  model = model_dir.load_dit(out)
 
   rng = np.random.default_rng(0)
   f, h, w = grid
@@ -67,7 +65,7 @@ def test_parity_with_diffusers(tmp_path, name, overrides, batch, grid, ctx_len):
         '{"num_heads": %d, "text_len": %d}' % (cfg["num_heads"], cfg["text_len"]))
     proc = run_cli("dit", "--input", str(wan_file), "--output", str(out2), "--format", "wan")
   assert proc.returncode == 0, proc.stderr
-  got2 = np.asarray(checkpoints.load_dit(out2)(jnp.asarray(latents), jnp.asarray(t),
+  got2 = np.asarray(model_dir.load_dit(out2)(jnp.asarray(latents), jnp.asarray(t),
                                                jnp.asarray(ctx)))
   np.testing.assert_array_equal(got2, got)
 
@@ -90,8 +88,8 @@ def test_mixed_precision_bound(tmp_path):
   latents = jnp.asarray(rng.standard_normal((1, 3, 8, 8, 16)), jnp.float32)
   t = jnp.asarray([500.0])
   ctx = jnp.asarray(rng.standard_normal((1, 7, cfg["text_dim"])), jnp.float32)
-  y32 = np.asarray(checkpoints.load_dit(tmp_path / "c")(latents, t, ctx))
-  ymix = np.asarray(checkpoints.load_dit(tmp_path / "c", precision="mixed")(latents, t, ctx))
+  y32 = np.asarray(model_dir.load_dit(tmp_path / "c")(latents, t, ctx))
+  ymix = np.asarray(model_dir.load_dit(tmp_path / "c", precision="mixed")(latents, t, ctx))
   err = np.abs(ymix - y32).max() / np.abs(y32).max()
   # bf16 keeps 8 mantissa bits (3.9e-3 relative per rounding). Measured: 2.6e-3 of max |output|
   # (docs/performance.md); the bound is about 4x that.

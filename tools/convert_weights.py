@@ -8,6 +8,7 @@ Subcommands:
   init-postcam    a converted Wan DiT -> a trainable PostCam (new modules initialised)
   vae             Wan-VAE (Wan2.1_VAE.pth or diffusers AutoencoderKLWan) -> postcam-jax
   t5              umT5-XXL encoder (original .pth or transformers UMT5EncoderModel) -> postcam-jax
+  da3             Depth Anything 3 (a save_pretrained directory) -> postcam-jax
 
 Every missing, unexpected or mis-shaped key is reported in one error, and a failed conversion
 leaves no output directory behind.
@@ -32,6 +33,7 @@ SUBCOMMANDS = {
                      "converted Wan DiT -> trainable PostCam (projector zero)"),
     "vae": ("postcam_jax.convert.vae", "", "Wan-VAE -> postcam-jax"),
     "t5": ("postcam_jax.convert.t5", "", "umT5 encoder -> postcam-jax"),
+    "da3": ("postcam_jax.convert.da3", "", "Depth Anything 3 (save_pretrained dir) -> postcam-jax"),
 }
 
 

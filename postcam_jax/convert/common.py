@@ -3,7 +3,7 @@
 A conversion is: open a :class:`TensorSource` (one tensor in memory at a time for safetensors),
 map every source key through a model's list of :class:`Rule` into the flat key space of an
 abstract NNX state, check every key and shape, report *all* problems in one
-:class:`ConversionError`, and only then write the output (see ``postcam_jax.checkpoints``).
+:class:`ConversionError`, and only then write the output (see ``postcam_jax.io.model_dir``).
 """
 
 import abc
@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 
@@ -110,7 +111,6 @@ class SafetensorsSource(TensorSource):
     begin, end = info["data_offsets"]
     name = _SAFETENSORS_DTYPES[info["dtype"]]
     if name == "bfloat16":
-      import ml_dtypes  # pylint: disable=import-outside-toplevel
       dtype = np.dtype(ml_dtypes.bfloat16)
     else:
       dtype = np.dtype(name)
@@ -172,7 +172,6 @@ class TorchSource(TensorSource):
   def get(self, key):
     t = self._sd[key]
     if t.dtype == self._torch.bfloat16:
-      import ml_dtypes  # pylint: disable=import-outside-toplevel
       return t.view(self._torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
 
@@ -238,7 +237,6 @@ def open_source(path: str, weights_name: str = "diffusion_pytorch_model") -> Ten
 def numpy_dtype(name: str):
   """'float32' | 'bfloat16' -> numpy dtype (bf16 through ml_dtypes)."""
   if name == "bfloat16":
-    import ml_dtypes  # pylint: disable=import-outside-toplevel
     return np.dtype(ml_dtypes.bfloat16)
   if name == "float32":
     return np.dtype(np.float32)

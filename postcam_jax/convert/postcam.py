@@ -15,10 +15,14 @@ import os
 import time
 
 import numpy as np
+from flax import nnx
+from safetensors.numpy import save_file
 
 from postcam_jax.convert import common, wan
 from postcam_jax.convert.common import ConversionError
 from postcam_jax.convert.wan import Entry
+from postcam_jax.io import model_dir
+from postcam_jax.models.postcam import PostCamConfig, PostCamModel
 
 QS_TABLE = [
     *(e for name in ("q", "k", "v", "k_render", "v_render", "o")
@@ -57,17 +61,14 @@ def convert_postcam(input_path, output, dtype="float32", overwrite=False, fmt="a
     raise ConversionError([f"--format {fmt}: the PostCam release uses the original Wan key names "
                            f"and has no {fmt} layout; pass --format wan or leave --format out"],
                           os.fspath(input_path))
-  from postcam_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  from postcam_jax.models.postcam import PostCamConfig, PostCamModel  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
 
   source = wan.PrefixStripped(common.open_source(input_path))
   arch = infer_postcam_config(source)
   cfg = PostCamConfig.from_dict(arch)
-  abstract = checkpoints.abstract_params(lambda: PostCamModel(cfg, rngs=nnx.Rngs(0)))
+  abstract = model_dir.abstract_params(lambda: PostCamModel(cfg, rngs=nnx.Rngs(0)))
   params = common.convert_tensors(source, wan.rules(POSTCAM_TABLE, "wan"), abstract,
                                   dtype=np.dtype(common.numpy_dtype(dtype)))
-  checkpoints.save_model(output, kind="postcam", config={k: arch_value(cfg, k) for k in ARCH_FIELDS},
+  model_dir.save_model(output, kind="postcam", config={k: arch_value(cfg, k) for k in ARCH_FIELDS},
                          params=params, overwrite=overwrite,
                          extra={"source": os.path.abspath(os.fspath(input_path)), "dtype": dtype})
   return cfg
@@ -95,21 +96,19 @@ def release_state_dict(params: dict[str, np.ndarray], num_layers: int) -> dict[s
 
 def export_postcam(input_dir, output, overwrite=False):
   """Write a postcam-jax PostCam directory as the release's ``postcam.ckpt`` (or .safetensors)."""
-  from postcam_jax import checkpoints  # pylint: disable=import-outside-toplevel
 
-  meta = checkpoints.read_model_json(input_dir)
+  meta = model_dir.read_model_json(input_dir)
   if meta.get("kind") != "postcam":
     raise ConversionError([f"{input_dir} holds a {meta.get('kind')!r} model, not PostCam"])
   if meta["config"].get("variant", "query_shared") != "query_shared":
     raise ConversionError(["only the release's query-shared variant has a release layout"])
-  model = checkpoints.load_postcam(input_dir, dtype=None)
-  sd = release_state_dict(checkpoints.to_numpy_flat(model), model.cfg.num_layers)
+  model = model_dir.load_postcam(input_dir, dtype=None)
+  sd = release_state_dict(model_dir.to_numpy_flat(model), model.cfg.num_layers)
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
   tmp = f"{output}.partial-{os.getpid()}"
   try:
     if output.endswith(".safetensors"):
-      from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
       save_file(sd, tmp)
     else:
       import torch  # pylint: disable=import-outside-toplevel
@@ -135,24 +134,21 @@ def init_postcam(wan_dir, output, seed=0, overwrite=False, **variant):
   projectors exactly zero (paper: zero-initialised, so the model starts as the backbone); the
   camera encoder's linears xavier-uniform with zero biases, its LayerNorm weight one, bias zero.
   """
-  from postcam_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  from postcam_jax.models.postcam import PostCamConfig, PostCamModel  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
 
-  meta = checkpoints.read_model_json(wan_dir)
+  meta = model_dir.read_model_json(wan_dir)
   if meta.get("kind") != "wan_dit":
     raise ConversionError([f"{wan_dir} holds a {meta.get('kind')!r} model, not a Wan DiT"])
-  backbone = checkpoints.load_dit(wan_dir, dtype=None)
+  backbone = model_dir.load_dit(wan_dir, dtype=None)
   cfg = PostCamConfig.from_dict({**meta["config"], **variant})
   model = PostCamModel(cfg, rngs=nnx.Rngs(seed))
-  new = checkpoints.to_numpy_flat(model)
-  for key, value in checkpoints.to_numpy_flat(backbone).items():
+  new = model_dir.to_numpy_flat(model)
+  for key, value in model_dir.to_numpy_flat(backbone).items():
     if new[key].shape != value.shape:
       raise ConversionError([f"{key}: backbone {value.shape} vs PostCam {new[key].shape}"])
     new[key] = value
   arch = {k: arch_value(cfg, k) for k in ARCH_FIELDS}
   arch.update({k: v for k, v in variant.items()})
-  checkpoints.save_model(output, kind="postcam", config=arch, params=new, overwrite=overwrite,
+  model_dir.save_model(output, kind="postcam", config=arch, params=new, overwrite=overwrite,
                          extra={"init_from": os.path.abspath(os.fspath(wan_dir)), "seed": seed})
   return cfg
 

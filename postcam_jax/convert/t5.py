@@ -1,5 +1,5 @@
 """umT5 encoder conversion: original ``models_t5_umt5-xxl-enc-bf16.pth`` and transformers
-``UMT5EncoderModel`` keys -> postcam-jax, plus the loader :func:`load_text_encoder`.
+``UMT5EncoderModel`` keys -> postcam-jax (loaded back by ``model_dir.load_text_encoder``).
 
 ``python tools/convert_weights.py t5 --input PATH --output DIR [--format auto|wan|diffusers]
 [--dtype float32|bfloat16] [--tokenizer DIR_OR_MODEL] [--overwrite]``. The tokenizer (the
@@ -17,12 +17,16 @@ import tempfile
 import time
 
 import numpy as np
+from flax import nnx
 
 from postcam_jax.convert import common
 from postcam_jax.convert.common import ConversionError, Rule
+from postcam_jax.io import model_dir
+from postcam_jax.models import tokenizer as tokenizer_lib
+from postcam_jax.models.t5 import UMT5Config, UMT5Encoder
 
-KIND = "umt5"
-TOKENIZER_DIR = "tokenizer"
+KIND = model_dir.T5_KIND
+TOKENIZER_DIR = model_dir.TOKENIZER_DIR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +83,6 @@ def detect_format(keys) -> str:
 def infer_config(source: common.TensorSource, fmt: str):
   """The architecture from the tensor shapes; eps and max distance from a transformers
   config.json when present (else umT5's 1e-6 and 128)."""
-  from postcam_jax.models.t5 import UMT5Config  # pylint: disable=import-outside-toplevel
 
   keys = set(source.keys())
   names = {e.target: ((e.wan,) if fmt == "wan" else e.diffusers) for e in T5_TABLE}
@@ -123,9 +126,6 @@ def convert_t5(input_path, output, fmt="auto", dtype="float32", overwrite=False,
                tokenizer=None):
   """Convert a umT5 encoder checkpoint into ``output`` (with the tokenizer copied to
   ``output/tokenizer`` when given or found); returns its UMT5Config. Writes nothing on failure."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from postcam_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  from postcam_jax.models.t5 import UMT5Encoder  # pylint: disable=import-outside-toplevel
 
   if tokenizer is not None and not os.path.exists(tokenizer):
     raise FileNotFoundError(f"tokenizer {tokenizer} does not exist")
@@ -133,7 +133,7 @@ def convert_t5(input_path, output, fmt="auto", dtype="float32", overwrite=False,
   try:
     fmt = detect_format(source.keys()) if fmt == "auto" else fmt
     cfg = infer_config(source, fmt)
-    abstract = checkpoints.abstract_params(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
+    abstract = model_dir.abstract_params(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
     params = common.convert_tensors(source, rules(fmt), abstract,
                                     dtype=np.dtype(common.numpy_dtype(dtype)))
   finally:
@@ -148,7 +148,7 @@ def convert_t5(input_path, output, fmt="auto", dtype="float32", overwrite=False,
     if tokenizer is not None:
       _copy_tokenizer(tokenizer, os.path.join(stage, TOKENIZER_DIR))
     files = {TOKENIZER_DIR: os.path.join(stage, TOKENIZER_DIR)} if tokenizer is not None else {}
-    checkpoints.save_model(output, kind=KIND, config=cfg.to_dict(), params=params,
+    model_dir.save_model(output, kind=KIND, config=cfg.to_dict(), params=params,
                            overwrite=overwrite, files=files,
                            extra={"source": str(input_path), "format": fmt, "dtype": dtype})
   finally:
@@ -158,42 +158,13 @@ def convert_t5(input_path, output, fmt="auto", dtype="float32", overwrite=False,
 
 def _copy_tokenizer(src, dst):
   """Copy a tokenizer folder (or a sentencepiece .model as spiece.model); check it loads."""
-  from postcam_jax import text  # pylint: disable=import-outside-toplevel
 
   if os.path.isdir(src):
     shutil.copytree(src, dst)
   else:
     os.makedirs(dst)
     shutil.copy(src, os.path.join(dst, "spiece.model"))
-  text.Tokenizer(dst)
-
-
-def load_text_encoder(directory, dtype=None, mesh=None, tokenizer=None):
-  """A converted umT5 (``convert_t5`` output) as a ``postcam_jax.text.TextEncoder``.
-
-  ``dtype``: params and compute (default: the converted dtype; Wan runs bfloat16). ``tokenizer``:
-  a tokenizer folder or sentencepiece file (default ``DIR/tokenizer`` when present). ``mesh``:
-  parameters are restored straight into their shards (logical axes in ``postcam_jax.sharding``).
-  """
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from postcam_jax import checkpoints, text  # pylint: disable=import-outside-toplevel
-  from postcam_jax.models import t5 as t5_model  # pylint: disable=import-outside-toplevel
-
-  meta = checkpoints.read_model_json(directory)
-  if meta.get("kind") != KIND:
-    raise ValueError(f"{directory} holds a {meta.get('kind')!r} model, expected {KIND!r}")
-  cfg = t5_model.UMT5Config.from_dict(meta["config"])
-  dtype = jnp.dtype(meta.get("dtype", "float32") if dtype is None else dtype)
-  abstract = nnx.eval_shape(lambda: t5_model.UMT5Encoder(cfg, rngs=nnx.Rngs(0), dtype=dtype,
-                                                         param_dtype=dtype))
-  model = checkpoints.restore_into(abstract, directory, mesh=mesh)
-  bundled = os.path.join(directory, TOKENIZER_DIR)
-  tokenizer = tokenizer or (bundled if os.path.isdir(bundled) else None)
-  tok = text.Tokenizer(tokenizer, text_len=cfg.text_len) if tokenizer else None
-  return text.TextEncoder(model, tok)
-
-
+  tokenizer_lib.Tokenizer(dst)
 
 
 def add_arguments(parser: argparse.ArgumentParser):

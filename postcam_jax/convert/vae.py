@@ -1,5 +1,5 @@
 """Wan-VAE conversion: original ``Wan2.1_VAE.pth`` and diffusers ``AutoencoderKLWan`` keys ->
-postcam-jax, plus the loader :func:`load_vae`.
+postcam-jax (loaded back by ``postcam_jax.io.model_dir.load_vae``).
 
 ``python tools/convert_weights.py vae --input PATH --output DIR [--format auto|wan|diffusers]
 [--dtype float32|bfloat16] [--overwrite]``. The key table is generated from the architecture
@@ -13,11 +13,14 @@ import re
 import time
 
 import numpy as np
+from flax import nnx
 
 from postcam_jax.convert import common
 from postcam_jax.convert.common import ConversionError, Rule
+from postcam_jax.io import model_dir
+from postcam_jax.models.vae import WanVAE, WanVAEConfig
 
-KIND = "wan_vae"
+KIND = model_dir.VAE_KIND
 
 
 def gamma(w):
@@ -136,7 +139,6 @@ def detect_format(keys) -> str:
 def infer_config(source: common.TensorSource, fmt: str):
   """The architecture from the tensor shapes (both layouts); latent statistics from config.json
   when present, else Wan2.1's."""
-  from postcam_jax.models.vae import WanVAEConfig  # pylint: disable=import-outside-toplevel
 
   keys = set(source.keys())
   conv_in = "encoder.conv1.weight" if fmt == "wan" else "encoder.conv_in.weight"
@@ -188,42 +190,20 @@ def infer_config(source: common.TensorSource, fmt: str):
 def convert_vae(input_path, output, fmt="auto", dtype="float32", overwrite=False):
   """Convert a Wan-VAE checkpoint into ``output``; returns its WanVAEConfig. Writes nothing on
   failure."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from postcam_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  from postcam_jax.models.vae import WanVAE  # pylint: disable=import-outside-toplevel
 
   source = common.open_source(input_path)
   try:
     fmt = detect_format(source.keys()) if fmt == "auto" else fmt
     cfg = infer_config(source, fmt)
-    abstract = checkpoints.abstract_params(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
+    abstract = model_dir.abstract_params(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
     params = common.convert_tensors(source, rules(vae_table(cfg), fmt), abstract,
                                     dtype=np.dtype(common.numpy_dtype(dtype)))
-    checkpoints.save_model(output, kind=KIND, config=cfg.to_dict(), params=params,
+    model_dir.save_model(output, kind=KIND, config=cfg.to_dict(), params=params,
                            overwrite=overwrite,
                            extra={"source": str(input_path), "format": fmt, "dtype": dtype})
   finally:
     source.close()
   return cfg
-
-
-def load_vae(directory, dtype=None, mesh=None):
-  """A converted Wan-VAE (``convert_vae`` output) as a :class:`WanVAE` with params and compute in
-  ``dtype`` (default float32, as Wan runs it), placed on ``mesh`` (replicated) if given."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from postcam_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  from postcam_jax.models.vae import WanVAE, WanVAEConfig  # pylint: disable=import-outside-toplevel
-
-  meta = checkpoints.read_model_json(directory)
-  if meta.get("kind") != KIND:
-    raise ValueError(f"{directory} holds a {meta.get('kind')!r} model, expected {KIND!r}")
-  cfg = WanVAEConfig.from_dict(meta["config"])
-  dtype = jnp.float32 if dtype is None else dtype
-  abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype))
-  return checkpoints.restore_into(abstract, directory, mesh=mesh)
-
-
 
 
 def add_arguments(parser: argparse.ArgumentParser):

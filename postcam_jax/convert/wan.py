@@ -12,9 +12,12 @@ import re
 import time
 
 import numpy as np
+from flax import nnx
 
 from postcam_jax.convert import common
 from postcam_jax.convert.common import ConversionError, Rule
+from postcam_jax.io import model_dir
+from postcam_jax.models.wan import WanConfig, WanModel
 
 
 def conv3d(w):
@@ -176,23 +179,18 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 def convert_dit(input_path, output, fmt="auto", dtype="float32", overwrite=False):
   """Convert a Wan2.1 DiT checkpoint; returns the WanConfig. Writes nothing on failure."""
-  from postcam_jax import checkpoints  # pylint: disable=import-outside-toplevel
-  from postcam_jax.models.wan import WanConfig, WanModel  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
 
   source = PrefixStripped(common.open_source(input_path))
   fmt = detect_format(source.keys()) if fmt == "auto" else fmt
   cfg = WanConfig.from_dict({**infer_wan_config(source, fmt),
                              "precision": "float32" if dtype == "float32" else "release"})
-  abstract = checkpoints.abstract_params(lambda: WanModel(cfg, rngs=nnx.Rngs(0)))
+  abstract = model_dir.abstract_params(lambda: WanModel(cfg, rngs=nnx.Rngs(0)))
   params = common.convert_tensors(source, rules(WAN_TABLE, fmt), abstract,
                                   dtype=np.dtype(common.numpy_dtype(dtype)))
   arch = {k: v for k, v in cfg.to_dict().items() if k not in ("precision", "remat", "attention")}
-  checkpoints.save_model(output, kind="wan_dit", config=arch, params=params, overwrite=overwrite,
+  model_dir.save_model(output, kind="wan_dit", config=arch, params=params, overwrite=overwrite,
                          extra={"source": str(input_path), "format": fmt, "dtype": dtype})
   return cfg
-
-
 
 
 def run(args) -> int:

@@ -18,7 +18,8 @@ Both kinds keep the per-frame ``target_w2c`` and the ``intrinsics`` (at H x W = 
 latents), so the same records serve either camera input of the model: the stored RT ``camera``, or
 the Plucker rays per target token that the pipeline makes from them (``pipeline.PluckerCamera``).
 
-Frames are resized/cropped to (H, W) at preparation time (see ``frames.resize_and_crop``), so a
+Frames are resized/cropped to (H, W) at preparation time with the sampler's own path
+(``postcam_jax.geometry.image_ops.fit_arrays``), so a
 1280x1280 source becomes records of the training resolution. One preparation writes every split of
 ``PairsConfig.splits`` (each from ``<root>/<split>/``, e.g. ``("train", "test")`` for the trainer's
 ``data.split`` and ``data.eval_split``). Read the result without TensorFlow with
@@ -34,9 +35,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from postcam_jax import cameras
-from postcam_jax.data import frames as frame_ops
 from postcam_jax.data import multicam, pairs
+from postcam_jax.geometry import cameras, image_ops
 
 BUILDER_NAME = "multi_cam_pairs"
 VERSION = "1.0.0"
@@ -198,7 +198,7 @@ class _SceneCache:
           raise multicam.DatasetError(f"{scene.depth_path(camera)}: depth {arrays['depth'].shape}"
                                       f" does not match the video's {rgb.shape[:3]}")
       k = scene.intrinsics(rgb.shape[1], rgb.shape[2])
-      arrays, k = frame_ops.resize_and_crop(arrays, k, self.height, self.width)
+      arrays, k = image_ops.fit_arrays(arrays, k, (self.height, self.width))
       self.items[camera] = (arrays, k)
     return self.items[camera]
 

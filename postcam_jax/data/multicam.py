@@ -3,7 +3,7 @@
 ``scan_dataset(root, split)`` finds and checks scenes (``<root>/<split>/<group>/<scene>/`` with
 ``videos/camXX.mp4`` and ``cameras/camera_extrinsics.json``); each :class:`MultiCamScene` then
 reads one camera's frames (range and stride), its extrinsics as OpenCV camera-to-world in metres
-(via ``postcam_jax.cameras``), its depth when the scene has ``depth/camXX.npz`` (generated data),
+(via ``postcam_jax.geometry.cameras``), its depth when the scene has ``depth/camXX.npz`` (generated data),
 its caption from ``metadata.csv`` (empty when there is none) and the intrinsics of its focal group.
 
 Bad inputs never give a silent wrong sample: an unreadable directory, a missing or malformed
@@ -21,7 +21,8 @@ import re
 import numpy as np
 from absl import logging
 
-from postcam_jax import cameras, video
+from postcam_jax.geometry import cameras
+from postcam_jax.io import video
 
 FOCAL_GROUPS = (("f18_aperture10", 18.0), ("f24_aperture5", 24.0), ("f35_aperture2.4", 35.0),
                 ("f50_aperture2.4", 50.0))

@@ -5,15 +5,15 @@ cameras (the cameras are synchronised). :func:`enumerate_pairs` lists every orde
 distinct cameras and every window; :func:`sample_pairs` draws as ReCamMaster does (a target video
 uniformly, then a different camera of the same scene uniformly as the source, then a window),
 reproducibly from a seed. :func:`pair_cameras` computes the cameras of a pair with
-``postcam_jax.cameras`` (the one place the relative-camera convention lives).
+``postcam_jax.geometry.cameras`` (the one place the relative-camera convention lives).
 """
 
 import dataclasses
 
 import numpy as np
 
-from postcam_jax import cameras
 from postcam_jax.data import multicam
+from postcam_jax.geometry import cameras
 
 
 @dataclasses.dataclass(frozen=True, order=True)

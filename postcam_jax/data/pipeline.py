@@ -43,19 +43,24 @@ record carry what it needs: the per-frame ``target_w2c`` and ``intrinsics`` at H
 """
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import grain
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
-from postcam_jax import cameras
+from postcam_jax.core.config import from_mapping
 from postcam_jax.data import arrayrecord
-from postcam_jax.data import frames as frame_ops
+from postcam_jax.geometry import cameras, image_ops
 
 _VIDEO_KEYS = ("target_video", "source_video")
 _PER_FRAME_KEYS = ("target_video", "source_video", "source_depth", "source_w2c", "target_w2c")
 _TEXT_KEYS = ("caption", "scene", "source_camera", "target_camera")
 CAMERA_INPUTS = ("rt", "plucker")  # PostCamConfig.camera_input
+# ``config.data`` keys the trainer reads (``postcam_jax.training.data``), not the pipeline.
+TRAINER_DATA_KEYS = ("source", "eval_split", "text_len")
 VAE_STRIDE = 8  # Wan-VAE: one latent pixel per 8 x 8 video pixels
 
 
@@ -78,17 +83,14 @@ class DataConfig:
   camera_input: str = "rt"  # the ``camera`` key: rt [11, 12] or plucker [N, 24] (see above)
 
   @classmethod
-  def from_config(cls, config: Any) -> "DataConfig":
-    """Build from any object with these attributes (e.g. ``config.data`` of an experiment)."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    getter = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
-    values = {n: getter(n, None) for n in names}
+  def from_config(cls, config: Mapping[str, Any]) -> "DataConfig":
+    """From ``config.data`` of an experiment, strictly (its trainer-only keys aside)."""
+    values = {k: v for k, v in dict(config).items() if v is not None}
     missing = [n for n in ("data_dir", "batch_size", "num_frames", "height", "width")
-               if values[n] is None]
+               if n not in values]
     if missing:
-      given = sorted(k for k, v in values.items() if v is not None)
-      raise ValueError(f"data config lacks {missing}; it has {given}")
-    return cls(**{k: v for k, v in values.items() if v is not None})
+      raise ValueError(f"data config lacks {missing}; it has {sorted(values)}")
+    return from_mapping(cls, values, ignore=TRAINER_DATA_KEYS)
 
 
 class DecodeRecord(grain.transforms.Map):
@@ -115,7 +117,7 @@ class ResampleFrames(grain.transforms.Map):
     present = [k for k in _PER_FRAME_KEYS if k in element]
     if not present or element[present[0]].shape[0] == self.num_frames:
       return element
-    index = frame_ops.resample_frames(element[present[0]].shape[0], self.num_frames)
+    index = cameras.temporal_indices(element[present[0]].shape[0], self.num_frames)
     return dict(element, **{k: element[k][index] for k in present})
 
 
@@ -129,8 +131,8 @@ class ResizeCrop(grain.transforms.Map):
     keys = [k for k in ("target_video", "source_video", "source_depth") if k in element]
     if not keys or element[keys[0]].shape[1:3] == (self.height, self.width):
       return element
-    resized, k = frame_ops.resize_and_crop({key: element[key] for key in keys},
-                                           element["intrinsics"], self.height, self.width)
+    resized, k = image_ops.fit_arrays({key: element[key] for key in keys},
+                                      element["intrinsics"], (self.height, self.width))
     return dict(element, intrinsics=k.astype(np.float32), **resized)
 
 
@@ -224,7 +226,6 @@ def make_dataset(config: Any, process_index: int | None = None,
   if not isinstance(config, DataConfig):
     config = DataConfig.from_config(config)
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=import-outside-toplevel
     process_index, process_count = jax.process_index(), jax.process_count()
   if config.batch_size % process_count:
     raise ValueError(f"global batch_size {config.batch_size} must divide over "
@@ -260,7 +261,6 @@ def make_global_batch(batch: dict, sharding) -> dict:
   Numeric arrays are assembled with ``jax.make_array_from_process_local_data`` (the batch axis is
   split over processes); string arrays (captions, ids) stay host-local numpy.
   """
-  import jax  # pylint: disable=import-outside-toplevel
   out = {}
   for key, value in batch.items():
     value = np.asarray(value)
@@ -272,14 +272,12 @@ def make_global_batch(batch: dict, sharding) -> dict:
 
 
 def _manager(directory: str):
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   return ocp.CheckpointManager(directory, item_names=("data",),
                                item_handlers={"data": grain.checkpoint.CheckpointHandler()})
 
 
 def save_iterator(directory: str, step: int, iterator) -> None:
   """Store ``iterator``'s position as step ``step`` under ``directory`` (Orbax, item 'data')."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   with _manager(directory) as manager:
     manager.save(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
     manager.wait_until_finished()
@@ -287,7 +285,6 @@ def save_iterator(directory: str, step: int, iterator) -> None:
 
 def restore_iterator(directory: str, iterator, step: int | None = None):
   """Move ``iterator`` (a fresh one of the same pipeline) to the saved position; returns it."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   with _manager(directory) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:

@@ -14,7 +14,7 @@ the same instants through its intrinsics and extrinsics. Written per scene::
   <root>/<split>/metadata.csv                              captions: file_name, text
 
 ``depth/camXX.npz`` is in the sampling CLI's documented ``.npz`` depth schema
-(``postcam_jax.inputs``), in the release's conventions, so a generated camera feeds
+(``postcam_jax.inference.inputs``), in the release's conventions, so a generated camera feeds
 ``python -m postcam_jax.sample --video SCENE/videos/camXX.mp4 --depth SCENE/depth/camXX.npz``
 with its exact depth:
 
@@ -46,8 +46,9 @@ from concurrent import futures
 
 import numpy as np
 
-from postcam_jax import cameras, video
 from postcam_jax.data import _raycast, multicam
+from postcam_jax.geometry import cameras
+from postcam_jax.io import video
 
 MARKER_RGB = (255, 0, 255)
 MARKER_RADIUS_M = 0.25

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from postcam_jax import cameras, sharding
+from postcam_jax import parallel
+from postcam_jax.geometry import cameras
 from postcam_jax.models import layers
 from postcam_jax.models.attention import attention
 from postcam_jax.models.layers import Rope
@@ -199,7 +200,7 @@ class PostCamBlock(WanBlock):
     target = target + self.text_update(y, context).astype(x.dtype)  # target half only (quirk)
     x = jnp.concatenate([target, x[:, n:]], axis=1)
     x = self.ffn_update(x, mod)
-    x = sharding.constrain(x, ("batch", "length", "act_embed"))
+    x = parallel.constrain(x, ("batch", "length", "act_embed"))
     if r is not None:
       r = self.ffn_update(r, mod)
     return x, r
@@ -267,12 +268,12 @@ class PostCamModel(WanModel):
         raise ValueError(
             f"camera must be [B={batch}, {cameras.NUM_CAMERA_TOKENS}, 12]: one world-to-camera "
             f"pose per latent frame (the release's 11 frames); got {tuple(camera.shape)}. Pick "
-            f"the 11 frames with postcam_jax.cameras.camera_tokens")
+            f"the 11 frames with postcam_jax.geometry.cameras.camera_tokens")
       return camera
     want = (batch, target_tokens, PLUCKER_DIM)
     if tuple(camera.shape) != want:
       raise ValueError(f"camera_input='plucker' needs Plucker rays per target token {want}, made "
-                       f"by postcam_jax.cameras.plucker_tokens(target_w2c, intrinsics, "
+                       f"by postcam_jax.geometry.cameras.plucker_tokens(target_w2c, intrinsics, "
                        f"latent_shape); got {tuple(camera.shape)} (width {camera.shape[-1]}: a "
                        f"12-wide camera is the 'rt' representation)")
     return camera

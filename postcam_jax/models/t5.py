@@ -10,16 +10,19 @@ eps 1e-6) and a final norm. Outputs at padded positions are exactly zero. The bl
 import dataclasses
 import functools
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from postcam_jax.core.config import DictConfig
+from postcam_jax.models import precision
+from postcam_jax.models.attention import attention
+
 
 @dataclasses.dataclass(frozen=True)
-class UMT5Config:
+class UMT5Config(DictConfig):
   """Architecture of a umT5 encoder. ``umt5_xxl()`` is Wan2.1's (5.68e9 parameters)."""
   vocab_size: int = 256384
   dim: int = 4096
@@ -41,16 +44,6 @@ class UMT5Config:
     return cls(vocab_size=256, dim=32, num_heads=4, head_dim=8, ffn_dim=48, num_layers=2,
                text_len=16)
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "UMT5Config":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-      raise ValueError(f"unknown UMT5Config fields {sorted(unknown)}; known: {sorted(names)}")
-    return cls(**d)
 
 
 @functools.cache
@@ -74,10 +67,6 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
   return (buckets + np.where(n < max_exact, n, large)).astype(np.int32)
 
 
-def _precision(dtype):
-  return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
-
-
 class T5RMSNorm(nnx.Module):
   """x * rsqrt(mean(x^2) + eps) with the statistics in fp32, then * weight."""
 
@@ -94,7 +83,8 @@ class T5RMSNorm(nnx.Module):
 def _dense(cin, cout, names, *, rngs, dtype, param_dtype):
   init = nnx.initializers.normal(stddev=cin ** -0.5)
   return nnx.Linear(cin, cout, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                    precision=_precision(dtype), kernel_init=nnx.with_partitioning(init, names),
+                    precision=precision.uniform(dtype).matmul_precision,
+                    kernel_init=nnx.with_partitioning(init, names),
                     rngs=rngs)
 
 
@@ -106,6 +96,7 @@ class T5Block(nnx.Module):
     inner = cfg.num_heads * cfg.head_dim
     self.cfg = cfg
     self.dtype = dtype
+    self.policy = precision.uniform(dtype)
     self.norm1 = T5RMSNorm(cfg.dim, eps=cfg.eps, param_dtype=param_dtype)
     self.q = _dense(cfg.dim, inner, ("embed", "qkv"), **kw)
     self.k = _dense(cfg.dim, inner, ("embed", "qkv"), **kw)
@@ -127,14 +118,11 @@ class T5Block(nnx.Module):
     q = self.q(h).reshape(b, l, heads, hd)
     k = self.k(h).reshape(b, l, heads, hd)
     v = self.v(h).reshape(b, l, heads, hd)
+    position = jnp.take(self.pos_embedding[...], buckets, axis=0).transpose(2, 0, 1)  # [H, L, L]
+    padding = jnp.where(mask[:, None, None, :], 0.0, jnp.finfo(jnp.float32).min)  # [B, 1, 1, L]
     # No 1/sqrt(d) scaling (T5 folds it into the initialisation).
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=_precision(self.dtype),
-                        preferred_element_type=jnp.float32)
-    bias = jnp.take(self.pos_embedding[...], buckets, axis=0).transpose(2, 0, 1)  # [H, Lq, Lk]
-    logits = logits + bias[None].astype(jnp.float32)
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    attn = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=_precision(self.dtype))
+    attn = attention(q, k, v, bias=position[None].astype(jnp.float32) + padding, scale=1.0,
+                     precision=self.policy.matmul_precision)
     x = x + self.o(attn.reshape(b, l, heads * hd))
     h = self.norm2(x)
     gated = self.fc1(h) * jax.nn.gelu(self.gate(h), approximate=True)

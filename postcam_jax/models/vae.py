@@ -15,13 +15,14 @@ zero cache through the first chunk.
 """
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from postcam_jax.core.config import DictConfig
+from postcam_jax.models import precision
 from postcam_jax.models.attention import attention
 
 LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134,
@@ -33,7 +34,7 @@ CHUNK_FRAMES = 4  # frames per encode chunk after the first (the temporal compre
 
 
 @dataclasses.dataclass(frozen=True)
-class WanVAEConfig:
+class WanVAEConfig(DictConfig):
   """Architecture of a Wan-VAE. ``full()`` is Wan2.1's (126,892,531 parameters)."""
   base_dim: int = 96
   z_dim: int = 16
@@ -72,20 +73,6 @@ class WanVAEConfig:
   def spatial_factor(self) -> int:
     return 2 ** (len(self.dim_mult) - 1)
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "WanVAEConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-      raise ValueError(f"unknown WanVAEConfig fields {sorted(unknown)}; known: {sorted(names)}")
-    return cls(**d)
-
-
-def _precision(dtype):
-  return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
 
 
 def _uniform(rngs: nnx.Rngs, shape, dtype):
@@ -122,6 +109,7 @@ class CausalConv3d(nnx.Module):
     self.history = 2 * padding[0]
     self.spatial_padding = ((padding[1], padding[1]), (padding[2], padding[2]))
     self.dtype = dtype
+    self.policy = precision.uniform(dtype)
     self.kernel = nnx.Param(_uniform(rngs, (*kernel, cin, cout), param_dtype))
     self.bias = nnx.Param(jnp.zeros((cout,), param_dtype))
 
@@ -134,11 +122,12 @@ class CausalConv3d(nnx.Module):
       x = jnp.concatenate([history.astype(x.dtype), x], axis=1)
     kernel = self.kernel[...].astype(self.dtype)
     if self.kernel_size == (1, 1, 1) and self.stride == (1, 1, 1):
-      y = jnp.einsum("bthwi,io->bthwo", x, kernel[0, 0, 0], precision=_precision(self.dtype))
+      y = jnp.einsum("bthwi,io->bthwo", x, kernel[0, 0, 0],
+                     precision=self.policy.matmul_precision)
     else:
       y = jax.lax.conv_general_dilated(
           x, kernel, window_strides=self.stride, padding=((0, 0), *self.spatial_padding),
-          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=_precision(self.dtype))
+          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=self.policy.matmul_precision)
     return y + self.bias[...].astype(self.dtype)
 
   def step(self, x, cache):
@@ -158,6 +147,7 @@ class Conv2d(nnx.Module):
     self.stride = stride
     self.padding = padding
     self.dtype = dtype
+    self.policy = precision.uniform(dtype)
     self.kernel = nnx.Param(_uniform(rngs, (3, 3, cin, cout), param_dtype))
     self.bias = nnx.Param(jnp.zeros((cout,), param_dtype))
 
@@ -166,7 +156,7 @@ class Conv2d(nnx.Module):
     y = jax.lax.conv_general_dilated(
         x.reshape(b * t, *x.shape[2:]).astype(self.dtype), self.kernel[...].astype(self.dtype),
         window_strides=(self.stride, self.stride), padding=self.padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_precision(self.dtype))
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=self.policy.matmul_precision)
     y = y + self.bias[...].astype(self.dtype)
     return y.reshape(b, t, *y.shape[1:])
 
@@ -197,6 +187,7 @@ class AttentionBlock(nnx.Module):
   def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype, param_dtype):
     kw = dict(padding=(0, 0, 0), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.dtype = dtype
+    self.policy = precision.uniform(dtype)
     self.norm = RMSNorm(dim, param_dtype=param_dtype)
     self.to_qkv = CausalConv3d(dim, 3 * dim, (1, 1, 1), **kw)
     self.proj = CausalConv3d(dim, dim, (1, 1, 1), **kw)
@@ -205,7 +196,7 @@ class AttentionBlock(nnx.Module):
     b, t, h, w, c = x.shape
     qkv = self.to_qkv(self.norm(x)).reshape(b * t, h * w, 1, 3 * c)
     q, k, v = qkv[..., :c], qkv[..., c:2 * c], qkv[..., 2 * c:]
-    y = attention(q, k, v, precision=_precision(self.dtype)).reshape(b, t, h, w, c)
+    y = attention(q, k, v, precision=self.policy.matmul_precision).reshape(b, t, h, w, c)
     return x + self.proj(y)
 
 
@@ -351,6 +342,7 @@ class WanVAE(nnx.Module):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.cfg = cfg
     self.dtype = dtype
+    self.policy = precision.uniform(dtype)
     self.encoder = Encoder(cfg, **kw)
     self.quant_conv = CausalConv3d(2 * cfg.z_dim, 2 * cfg.z_dim, (1, 1, 1), padding=(0, 0, 0),
                                    **kw)

@@ -14,14 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from postcam_jax import sharding
+from postcam_jax import parallel
+from postcam_jax.core.config import DictConfig, from_preset
 from postcam_jax.models import layers
 from postcam_jax.models.attention import attention
-from postcam_jax.models.layers import Policy, Rope
+from postcam_jax.models.layers import Rope
+from postcam_jax.models.precision import Policy, get_policy
 
 
 @dataclasses.dataclass(frozen=True)
-class WanConfig:
+class WanConfig(DictConfig):
   """Architecture and execution options of the Wan2.1 DiT."""
   dim: int = 1536
   ffn_dim: int = 8960
@@ -34,7 +36,7 @@ class WanConfig:
   freq_dim: int = 256
   eps: float = 1e-6
   patch_size: tuple[int, int, int] = (1, 2, 2)
-  precision: str = "float32"     # float32 | mixed | release (layers.POLICIES)
+  precision: str = "float32"     # float32 | mixed | release (precision.POLICIES)
   remat: str = "none"            # none | full | dots | dots_no_batch | everything
   attention: str = "sequence"    # self-attention kernel: "sequence" = sequence-parallel on a
                                  # mesh with a sequence axis, the backend's kernel otherwise
@@ -45,10 +47,7 @@ class WanConfig:
 
   @property
   def policy(self) -> Policy:
-    return layers.get_policy(self.precision)
-
-  def replace(self, **kw):
-    return dataclasses.replace(self, **kw)
+    return get_policy(self.precision)
 
   @classmethod
   def t2v_1_3b(cls, **kw):
@@ -64,21 +63,12 @@ class WanConfig:
     base.update(kw)
     return cls(**base)
 
-  @classmethod
-  def from_dict(cls, d):
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
-    return cls(**kw)
-
-  def to_dict(self):
-    return dataclasses.asdict(self)
-
   def __post_init__(self):
     if self.dim % self.num_heads:
       raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
     if self.head_dim % 2:
       raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
-    layers.get_policy(self.precision)
+    get_policy(self.precision)
     layers.remat_policy(self.remat)
 
 
@@ -172,7 +162,7 @@ class WanBlock(nnx.Module):
     x, _ = self.self_attention_update(x, mod, rope)
     x = x + self.text_update(self.norm3(x), context).astype(x.dtype)
     x = self.ffn_update(x, mod)
-    return sharding.constrain(x, ("batch", "length", "act_embed"))
+    return parallel.constrain(x, ("batch", "length", "act_embed"))
 
 
 class PatchEmbedding(nnx.Module):
@@ -336,7 +326,7 @@ class WanModel(nnx.Module):
   def embed_latents(self, latents):
     tokens, grid = self.patch_embedding(latents)
     tokens = tokens.astype(self.cfg.policy.residual_dtype)
-    return sharding.constrain(tokens, ("batch", "length", "act_embed")), grid
+    return parallel.constrain(tokens, ("batch", "length", "act_embed")), grid
 
   def unpatchify(self, y, grid):
     """[B, L, pt*ph*pw*C] ((pt, ph, pw, c) with c fastest) -> [B, F, H, W, C] float32."""
@@ -371,7 +361,7 @@ def init_model(cls, cfg, seed: int = 0, mesh=None):
   if mesh is None:
     return cls(cfg, rngs=nnx.Rngs(seed))
   abstract = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(seed)))
-  shardings = sharding.param_shardings(nnx.state(abstract), mesh)
+  shardings = parallel.param_shardings(nnx.state(abstract), mesh)
 
   @jax.jit
   def create():
@@ -391,8 +381,4 @@ def count_params(module) -> int:
 
 def config_from_dict(model_config, cls=WanConfig):
   """``{'preset': 't2v_1_3b', **overrides}`` (e.g. a ConfigDict's ``model``) -> typed config."""
-  fields = dict(model_config)
-  preset = fields.pop("preset")
-  if not hasattr(cls, preset):
-    raise ValueError(f"unknown preset {preset!r} for {cls.__name__}")
-  return getattr(cls, preset)(**fields)
+  return from_preset(cls, dict(model_config))

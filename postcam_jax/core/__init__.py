@@ -1,0 +1,1 @@
+"""Foundations with no project imports: strict dataclass configs and atomic outputs."""

@@ -1,0 +1,1 @@
+"""Measuring generated videos: fidelity to a reference video."""

@@ -1,0 +1,250 @@
+"""Model checkpoints on disk: an Orbax parameter tree plus the architecture in ``model.json``.
+
+Layout of a converted or exported model directory::
+
+  DIR/model.json   {"kind": "wan_dit" | "postcam" | "wan_vae" | "umt5", "config": {...}}
+  DIR/params/      Orbax (StandardCheckpointer) tree of the module's parameters
+
+Writes are atomic: everything goes to a sibling temporary directory that is renamed at the end, so
+a failed conversion leaves nothing behind. Restores are by abstract target: parameters are created
+directly with their shardings (``mesh``) and never gathered whole on one device.
+"""
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx, traverse_util
+
+from postcam_jax import parallel
+from postcam_jax.core.atomic import AtomicDirectory
+from postcam_jax.models import tokenizer as tokenizer_lib
+from postcam_jax.models.da3 import DA3Config, DA3Model
+from postcam_jax.models.postcam import PostCamConfig, PostCamModel
+from postcam_jax.models.t5 import UMT5Config, UMT5Encoder
+from postcam_jax.models.vae import WanVAE, WanVAEConfig
+from postcam_jax.models.wan import WanConfig, WanModel
+
+MODEL_JSON = "model.json"
+PARAMS_DIR = "params"
+TOKENIZER_DIR = "tokenizer"  # a text encoder's bundled tokenizer
+# model.json "kind" of each model family.
+DIT_KIND, POSTCAM_KIND, VAE_KIND, T5_KIND = "wan_dit", "postcam", "wan_vae", "umt5"
+DA3_KIND = "da3"  # Depth Anything 3 (postcam_jax.models.da3)
+
+
+def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """{'a': {'b': x}} -> {'a/b': x} (the flat key space of the conversion tables; list indices
+  of ``nnx.List`` children become their decimal strings)."""
+  return {"/".join(str(k) for k in path): value
+          for path, value in traverse_util.flatten_dict(dict(tree)).items()}
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+  """{'a/b': x} -> {'a': {'b': x}}."""
+  return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def abstract_params(module_factory: Callable[[], nnx.Module]) -> dict[str, jax.ShapeDtypeStruct]:
+  """Flat key -> ShapeDtypeStruct of a module's parameters, with nothing allocated."""
+  abstract = nnx.eval_shape(module_factory)
+  state = nnx.state(abstract, nnx.Param)
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flatten(nnx.to_pure_dict(state)).items()}
+
+
+def save_model(output: str, *, kind: str, config: Mapping[str, Any],
+               params: Mapping[str, Any], overwrite: bool = False, extra: Mapping | None = None,
+               files: Mapping[str, str] | None = None):
+  """Write ``params`` (flat 'a/b' keys or a nested dict of arrays) and the architecture.
+
+  ``files``: {name in the output: a path beside it} moved in before the final rename (e.g. the
+  text encoder's tokenizer folder), so the output appears whole or not at all."""
+  tree = params if any(isinstance(v, Mapping) for v in params.values()) else unflatten(params)
+  with AtomicDirectory(output, overwrite) as tmp:
+    for name, path in (files or {}).items():
+      os.replace(path, os.path.join(tmp, name))
+    with open(os.path.join(tmp, MODEL_JSON), "w") as f:
+      json.dump({"kind": kind, "config": dict(config), **(extra or {})}, f, indent=1)
+    ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
+        save_concurrent_gb=1, use_ocdbt=False, type_handler_registry=_LOW_MEMORY_HANDLERS))
+    save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=_CHUNK_BYTES), tree)
+    ckptr.save(os.path.join(tmp, PARAMS_DIR), args=ocp.args.PyTreeSave(tree, save_args=save_args))
+    ckptr.close()
+  return output
+
+
+# Host memory of writing a converted model (peak RSS over the tree's own size, measured on a
+# 2 GiB tree of 16 numpy arrays; docs/performance.md has the full-size numbers): Orbax's default
+# numpy handler deep-copies every array before writing (+1x), OCDBT holds each array's encoded
+# bytes until its single commit (+1x), and an unchunked array is encoded whole. Without the copy
+# (the arrays are not touched while saving), without OCDBT (each chunk file is written and
+# dropped) and in 64 MiB chunks, the save adds about a quarter of the tree instead of twice it.
+_CHUNK_BYTES = 64 * 1024 ** 2
+_LOW_MEMORY_HANDLERS = ocp.type_handlers.create_type_handler_registry(
+    (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+    (jax.Array, ocp.type_handlers.ArrayHandler()),
+    (int, ocp.type_handlers.ScalarHandler()),
+    (float, ocp.type_handlers.ScalarHandler()),
+    (np.number, ocp.type_handlers.ScalarHandler()),
+    (str, ocp.type_handlers.StringHandler()))
+
+
+def read_model_json(directory: str) -> dict:
+  path = os.path.join(os.fspath(directory), MODEL_JSON)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{directory} is not a postcam-jax model directory (no {MODEL_JSON}); convert the "
+        f"PyTorch weights first with tools/convert_weights.py")
+  with open(path) as f:
+    return json.load(f)
+
+
+def restore_into(module: nnx.Module, directory: str, *, mesh=None) -> nnx.Module:
+  """Restore parameters from ``directory`` into an (abstract or concrete) ``module``.
+
+  The module's parameter metadata gives the shardings (logical axes resolved on ``mesh``), so
+  every array is read straight into its shards. Dtype is the module's ``param_dtype``.
+  """
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+  pure = nnx.to_pure_dict(params)
+  shardings = parallel.param_shardings(params, mesh) if mesh is not None else None
+  flat_pure = flatten(pure)
+  flat_shard = flatten(shardings) if shardings is not None else {}
+
+  def target(key, leaf):
+    sh = flat_shard.get(key)
+    if sh is None:
+      sh = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sh)
+
+  abstract = unflatten({k: target(k, v) for k, v in flat_pure.items()})
+  ckptr = ocp.StandardCheckpointer()
+  path = os.path.join(os.path.abspath(os.fspath(directory)), PARAMS_DIR)
+  stored = ckptr.metadata(path)
+  stored_tree = stored.item_metadata if hasattr(stored, "item_metadata") else stored
+  stored_keys = set(flatten(_as_dict(stored_tree)))
+  want_keys = set(flat_pure)
+  problems = [f"missing in checkpoint: {k}" for k in sorted(want_keys - stored_keys)]
+  problems += [f"unexpected in checkpoint: {k}" for k in sorted(stored_keys - want_keys)]
+  if problems:
+    raise ValueError(f"{directory} does not match the model:\n  " + "\n  ".join(problems))
+  # Orbax restores in the stored dtype unless told: ask for the module's dtype.
+  restored = ckptr.restore(path, abstract)
+  ckptr.close()
+  nnx.replace_by_pure_dict(params, restored)
+  return nnx.merge(graphdef, params, rest)
+
+
+def _as_dict(tree):
+  if isinstance(tree, Mapping):
+    return {k: _as_dict(v) for k, v in tree.items()}
+  return tree
+
+
+def cast_floating(tree, dtype):
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                      tree)
+
+
+def to_numpy_flat(module: nnx.Module) -> dict[str, np.ndarray]:
+  """Flat key -> host numpy array of a module's parameters (for export)."""
+  pure = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+  return {k: np.asarray(jax.device_get(v)) for k, v in flatten(pure).items()}
+
+
+def precision_for(dtype=None, precision: str | None = None) -> str:
+  """Policy name from a loader's ``dtype``/``precision`` arguments."""
+  if precision is not None:
+    return precision
+  if dtype is None or jnp.dtype(dtype) == jnp.float32:
+    return "float32"
+  if jnp.dtype(dtype) == jnp.bfloat16:
+    return "release"
+  raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+
+
+def load_dit(directory, dtype=jnp.float32, *, precision: str | None = None, mesh=None, **options):
+  """Load a converted Wan2.1 DiT as a ``WanModel`` (``options``: remat, attention)."""
+  meta = read_model_json(directory)
+  _check_kind(meta, directory, DIT_KIND, "a Wan DiT")
+  cfg = WanConfig.from_dict({**meta["config"], "precision": precision_for(dtype, precision),
+                             **options})
+  abstract = nnx.eval_shape(lambda: WanModel(cfg, rngs=nnx.Rngs(0)))
+  return restore_into(abstract, directory, mesh=mesh)
+
+
+def load_postcam(directory, dtype=jnp.float32, *, precision: str | None = None, mesh=None,
+                 **options):
+  """Load a converted PostCam as a ``PostCamModel``.
+
+  ``dtype``: float32 (exact), bfloat16 (the release's all-bf16 sampling), or None (as stored);
+  ``precision`` overrides with a policy name (float32, mixed, release). ``options`` are config
+  values (remat, attention, render_rope, ...).
+  """
+  meta = read_model_json(directory)
+  _check_kind(meta, directory, POSTCAM_KIND, "PostCam")
+  if dtype is None and precision is None:
+    precision = "release" if meta.get("dtype") == "bfloat16" else "float32"
+  cfg = PostCamConfig.from_dict({**meta["config"], "precision": precision_for(dtype, precision),
+                                 **options})
+  abstract = nnx.eval_shape(lambda: PostCamModel(cfg, rngs=nnx.Rngs(0)))
+  return restore_into(abstract, directory, mesh=mesh)
+
+
+def _check_kind(meta: dict, directory, kind: str, what: str):
+  if meta.get("kind") != kind:
+    raise ValueError(f"{directory} holds a {meta.get('kind')!r} model, expected {kind!r} "
+                     f"({what})")
+
+
+def load_vae(directory, dtype=None, *, mesh=None) -> WanVAE:
+  """A converted Wan-VAE as a :class:`WanVAE` (``encode`` / ``decode``) with params and compute
+  in ``dtype`` (default float32, as Wan runs it), placed on ``mesh`` (replicated) if given."""
+  meta = read_model_json(directory)
+  _check_kind(meta, directory, VAE_KIND, "a Wan-VAE")
+  cfg = WanVAEConfig.from_dict(meta["config"])
+  dtype = jnp.float32 if dtype is None else dtype
+  abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype))
+  return restore_into(abstract, directory, mesh=mesh)
+
+
+def load_text_encoder(directory, dtype=None, *, mesh=None,
+                      tokenizer=None) -> tokenizer_lib.TextEncoder:
+  """A converted umT5 with its tokenizer, as a ``TextEncoder`` (``encode_text``).
+
+  ``dtype``: params and compute (default: the converted dtype; Wan runs bfloat16). ``tokenizer``:
+  a tokenizer folder or sentencepiece file (default ``DIR/tokenizer`` when present). ``mesh``:
+  parameters are restored straight into their shards.
+  """
+  meta = read_model_json(directory)
+  _check_kind(meta, directory, T5_KIND, "a umT5 text encoder")
+  cfg = UMT5Config.from_dict(meta["config"])
+  dtype = jnp.dtype(meta.get("dtype", "float32") if dtype is None else dtype)
+  abstract = nnx.eval_shape(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0), dtype=dtype,
+                                                param_dtype=dtype))
+  model = restore_into(abstract, directory, mesh=mesh)
+  bundled = os.path.join(directory, TOKENIZER_DIR)
+  tokenizer = tokenizer or (bundled if os.path.isdir(bundled) else None)
+  tok = tokenizer_lib.Tokenizer(tokenizer, text_len=cfg.text_len) if tokenizer else None
+  return tokenizer_lib.TextEncoder(model, tok)
+
+
+def load_da3(directory, dtype=None, *, mesh=None):
+  """A converted Depth Anything 3 (``tools/convert_weights.py da3``) as a ``DA3Model``.
+
+  ``dtype``: None or float32 (exact, float32 compute) or bfloat16 (the backbone computes in
+  bf16; parameters stay float32). ``mesh``: parameters restored straight into their shardings.
+  """
+  meta = read_model_json(directory)
+  _check_kind(meta, directory, DA3_KIND, "a Depth Anything 3 model")
+  precision = "float32" if dtype is None or jnp.dtype(dtype) == jnp.float32 else "bfloat16"
+  if precision == "bfloat16" and jnp.dtype(dtype) != jnp.bfloat16:
+    raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+  cfg = DA3Config.from_dict({**meta["config"], "precision": precision})
+  abstract = nnx.eval_shape(lambda: DA3Model(cfg, rngs=nnx.Rngs(0)))
+  return restore_into(abstract, directory, mesh=mesh)

@@ -1,0 +1,75 @@
+"""Attention kernels that run on one device's whole block: XLA, cuDNN, Pallas splash.
+
+:func:`local_attention` picks per platform when asked for ``auto``: cuDNN flash attention on GPU
+(bf16/fp16, head_dim <= 128), splash on TPU (bf16), XLA elsewhere. The platform is the one of the
+mesh in context when there is one (``jax.set_mesh``), so a CPU host that traces for an abstract
+TPU topology (``postcam_jax.planning``) gets what a TPU run gets; otherwise the default backend.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from postcam_jax.models.attention import splash
+
+KERNELS = ("auto", "xla", "cudnn", "splash", "splash_interpret")
+
+
+def default_scale(q) -> float:
+  return 1.0 / float(q.shape[-1]) ** 0.5
+
+
+def xla_attention(q, k, v, *, bias=None, scale=None, precision=None):
+  """softmax(scale q k^T + bias) v with an fp32 softmax; q [B,Lq,H,D], k/v [B,Lk,H,D], ``bias``
+  float32 broadcastable to [B, H, Lq, Lk], ``scale`` 1/sqrt(D) unless given."""
+  scale = default_scale(q) if scale is None else scale
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=precision,
+                      preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=precision,
+                    preferred_element_type=jnp.float32).astype(q.dtype)
+
+
+def cudnn_attention(q, k, v, *, bias=None, scale=None, precision=None):
+  del precision
+  if bias is not None:
+    bias = bias.astype(q.dtype)
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, implementation="cudnn")
+
+
+def platform() -> str:
+  """'cpu', 'gpu' or 'tpu': of the context mesh's devices if a mesh is set, else the backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+  name = getattr(device, "platform", None) or jax.default_backend()
+  return "gpu" if name in ("cuda", "rocm") else name
+
+
+def auto_kernel(q, plain: bool = True) -> str:
+  """The kernel ``auto`` runs for queries ``q`` on this platform; ``plain``: no bias and the
+  default scale (what the splash kernel computes)."""
+  where = platform()
+  if where == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128:
+    return "cudnn"
+  if where == "tpu" and q.dtype == jnp.bfloat16 and plain:
+    return "splash"
+  return "xla"
+
+
+def local_attention(q, k, v, *, kernel: str = "auto", bias=None, scale=None, precision=None):
+  """Attention of [B, L, H, D] blocks by ``kernel`` (one of :data:`KERNELS`)."""
+  plain = bias is None and (scale is None or scale == default_scale(q))
+  if kernel == "auto":
+    kernel = auto_kernel(q, plain)
+  if kernel == "xla":
+    return xla_attention(q, k, v, bias=bias, scale=scale, precision=precision)
+  if kernel == "cudnn":
+    return cudnn_attention(q, k, v, bias=bias, scale=scale, precision=precision)
+  if kernel in ("splash", "splash_interpret"):
+    if not plain:
+      raise ValueError("the splash kernel takes no bias and the default 1/sqrt(d) scale; use "
+                       "implementation='xla' (or 'auto') for biased or rescaled attention")
+    return splash.splash_attention(q, k, v, precision=precision,
+                                   interpret=kernel == "splash_interpret")
+  raise ValueError(f"unknown attention kernel {kernel!r}; known: {KERNELS}")

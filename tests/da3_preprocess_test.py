@@ -1,0 +1,103 @@
+"""DA3's preprocessing in numpy equals OpenCV's resizes bit for bit and the release's
+``InputProcessor`` (resize, ToTensor, Normalize) exactly.
+
+OpenCV is a test-only dependency here. Its default wheels hand ``INTER_CUBIC`` on uint8 images to
+Intel IPP (closed source, CPU-dispatched), which differs from OpenCV's own kernel by one grey level
+on ~2% of values; ``postcam_jax.depth.preprocess`` reproduces OpenCV's own kernel, so the
+comparisons run with ``cv2.ipp.setUseIPP(False)`` (thread-local: the release's processor runs
+sequentially here, see ``da3_reference.py``; ``INTER_AREA`` never uses IPP: checked both
+ways below).
+"""
+
+import cv2
+import numpy as np
+import pytest
+
+from postcam_jax.depth import preprocess as pp
+from tests import da3_reference as ref
+
+
+@pytest.fixture(autouse=True)
+def no_ipp():
+  with ref.no_ipp():
+    yield
+
+
+def _image(rng, h, w, smooth):
+  if smooth:  # natural-image-like gradients (many rounding ties in the area sums)
+    y, x = np.mgrid[:h, :w]
+    base = 127 + 100 * np.sin(x / 7.0 + y / 11.0)[..., None] * np.array([1.0, 0.7, -0.5])
+    return np.clip(base + rng.normal(0, 3, (h, w, 3)), 0, 255).astype(np.uint8)
+  return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# The release's path for 832x480 (test1.mp4) and 1024x576 (test3.mp4), the shapes DA3 takes for
+# small inputs, integer factors (the fast area path), and one-axis resizes.
+FIXED = [((480, 832), (291, 504), "area"), ((291, 504), (294, 504), "cubic"),
+         ((576, 1024), (284, 504), "area"), ((284, 504), (280, 504), "area"),
+         ((60, 90), (37, 56), "area"), ((37, 56), (42, 56), "cubic"),
+         ((28, 42), (56, 84), "cubic"), ((64, 96), (32, 48), "area"), ((90, 60), (30, 20), "area"),
+         ((100, 33), (71, 50), "cubic"), ((41, 87), (40, 85), "area"), ((50, 50), (50, 25), "area")]
+
+
+@pytest.mark.parametrize("src,dst,kind", FIXED)
+def test_release_shapes_bit_exact(src, dst, kind):
+  rng = np.random.default_rng(sum(src) + sum(dst))
+  for smooth in (False, True):
+    img = _image(rng, *src, smooth)
+    flag = cv2.INTER_AREA if kind == "area" else cv2.INTER_CUBIC
+    want = cv2.resize(img, dst[::-1], interpolation=flag)
+    got = pp.resize(img[None], *dst, kind)[0]
+    np.testing.assert_array_equal(got, want)
+    if kind == "area":  # IPP is never used for INTER_AREA: the same bits with it enabled
+      cv2.ipp.setUseIPP(True)
+      np.testing.assert_array_equal(got, cv2.resize(img, dst[::-1], interpolation=flag))
+      cv2.ipp.setUseIPP(False)
+
+
+def test_random_sizes_bit_exact():
+  rng = np.random.default_rng(0)
+  for _ in range(30):
+    h, w = (int(v) for v in rng.integers(3, 90, 2))
+    img = _image(rng, h, w, bool(rng.integers(2)))
+    ch, cw = (int(v) for v in rng.integers(2, 120, 2))
+    np.testing.assert_array_equal(pp.resize(img[None], ch, cw, "cubic")[0],
+                                  cv2.resize(img, (cw, ch), interpolation=cv2.INTER_CUBIC))
+    ah, aw = int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1))
+    np.testing.assert_array_equal(pp.resize(img[None], ah, aw, "area")[0],
+                                  cv2.resize(img, (aw, ah), interpolation=cv2.INTER_AREA))
+
+
+def test_processed_sizes():
+  assert pp.processed_size(480, 832) == (294, 504)
+  assert pp.processed_size(576, 1024) == (280, 504)
+  assert pp.processed_size(832, 480) == (504, 294)
+  assert pp.processed_size(60, 90, 56) == (42, 56)
+  assert pp.processed_size(60, 90, 56, "lower_bound_crop") == (56, 84)
+  with pytest.raises(ValueError, match="process_res_method"):
+    pp.processed_size(60, 90, 56, "nearest")
+
+
+@pytest.mark.parametrize("shape,res,method", [
+    ((60, 90), 56, "upper_bound_resize"),    # area, then cubic (37 -> 42 rows)
+    ((70, 50), 42, "upper_bound_resize"),    # area both times
+    ((20, 30), 56, "upper_bound_resize"),    # cubic enlargement first
+    ((60, 90), 56, "lower_bound_crop"),      # the crop variant
+    ((480, 832), 504, "upper_bound_resize"),  # the release's own shapes
+])
+def test_equals_release_input_processor(shape, res, method):
+  rng = np.random.default_rng(1)
+  frames = np.stack([_image(rng, *shape, bool(i % 2)) for i in range(2)])
+  processor = ref.da3().SequentialInput()
+  want, _, _ = processor(list(frames), None, None, res, method)
+  want = np.moveaxis(want.numpy(), 1, -1)
+  got = pp.preprocess(frames, res, method)
+  assert got.dtype == np.float32 and got.shape == want.shape
+  np.testing.assert_array_equal(got, want)
+
+
+def test_bad_frames():
+  with pytest.raises(ValueError, match="uint8"):
+    pp.resize_frames(np.zeros((2, 10, 10, 3), np.float32))
+  with pytest.raises(ValueError, match="shrinking"):
+    pp.resize(np.zeros((1, 10, 10, 3), np.uint8), 12, 10, "area")
