@@ -38,3 +38,4 @@ def peak_rss_gib() -> float:
 def rel_err(a, b) -> float:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.abs(a - b).max() / np.abs(b).max())
+

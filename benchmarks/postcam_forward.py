@@ -1,81 +1,115 @@
-"""Jitted PostCam forward on CPU (float32 and mixed) at the tiny and a mid config; tokens/s and
-the ratio to diffusers' eager Wan forward at the same main-token count, in the same run.
+"""The jitted PostCam forward against the release's PyTorch forward, side by side in one run.
 
-  python benchmarks/postcam_forward.py [--configs tiny,mid] [--repeats 2]
+  python benchmarks/postcam_forward.py [--sizes 2k,8k,35k] [--head-dims 64,128] [--threads N]
+      [--repeats 2] [--release-checkout DIR] [--precision float32]
 
-mid: dim 512, 8 heads, 8 layers, latent [1, 11, 30, 52, 16], render [1, 11, 7, 13, 16].
+For every size and head_dim the same weights (random, every parameter perturbed) and inputs go
+through both forwards, each in its own process pinned to the same ``--threads`` CPUs (default:
+all of this process's), torch with as many threads: the JAX side (``_side_jax.py``: jitted,
+compiled once, timed after a warm-up call) and the release's eager forward (``_side_torch.py``:
+``tests/release_reference.ReleaseWanModel``, the release's code path checked against its own
+fixture, or the release's ``WanModel`` from ``--release-checkout``). Prints per row the best wall
+time of each side, their ratio (JAX / PyTorch: <= 1 means JAX is faster), the peak resident
+memory of each process and its rise during the timed forwards, and the parity of the outputs.
+
+Sizes (model dim 512, ffn 1536, text_dim 512, a 512-row context; render latent 4x smaller):
+
+| name | latent [F, H, W] | main tokens (target + source) | render tokens | layers |
+|---|---|---|---|---|
+| 2k | 11, 16, 24 | 2,112 | 66 | 8 |
+| 8k | 11, 30, 52 | 8,580 | 1,001 | 8 |
+| 35k | 11, 60, 104 | 34,320 (480x832x41) | 1,001 | 2 |
 """
 
 import argparse
 import os
 import sys
+import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from flax import nnx  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
-from benchmarks import _timing  # noqa: E402
-from postcam_jax.models.postcam import PostCamConfig, PostCamModel  # noqa: E402
-from tests import reference  # noqa: E402
+from benchmarks import _procs  # noqa: E402
 
-CONFIGS = {
-    "tiny": (dict(dim=64, num_heads=2, ffn_dim=128, num_layers=2, text_dim=32),
-             (11, 16, 24), (11, 4, 6)),
-    "mid": (dict(dim=512, num_heads=8, ffn_dim=1536, num_layers=8, text_dim=512),
-            (11, 30, 52), (11, 7, 13)),
-}
+SIZES = {"2k": ((11, 16, 24), 8), "8k": ((11, 30, 52), 8), "35k": ((11, 60, 104), 2)}
+GIB = 2.0 ** 30
 
 
-def run(name, precision, repeats):
-  kw, (f, h, w), (rf, rh, rw) = CONFIGS[name]
-  cfg = PostCamConfig(**kw, precision=precision)
-  model = PostCamModel(cfg, rngs=nnx.Rngs(0))
-  rng = np.random.default_rng(0)
-  n = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
-  x = dict(latents=n(1, f, h, w, 16), timesteps=jnp.asarray([700.0]),
-           context=n(1, 64, cfg.text_dim), source_latents=n(1, f, h, w, 16),
-           camera=n(1, 11, 12), render_latents=n(1, rf, rh, rw, 16))
-  graphdef, state = nnx.split(model)
-  fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(**x))
-  fwd(state, x).block_until_ready()
-  t = _timing.time_fn(lambda: fwd(state, x).block_until_ready(), repeats=repeats)
-  main_tokens = 2 * f * (h // 2) * (w // 2)
-  return t, main_tokens
+def model_flags(dim, head_dim, layers, args):
+  return ["--dim", str(dim), "--heads", str(dim // head_dim), "--ffn", str(args.ffn),
+          "--layers", str(layers), "--text-dim", str(args.text_dim), "--threads",
+          str(args.threads), "--repeats", str(args.repeats)]
 
 
-def diffusers_time(name, main_tokens, repeats):
-  kw, (f, h, w), _ = CONFIGS[name]
-  cfg = reference.tiny_wan_kwargs(**kw)
-  ref = reference.diffusers_wan(cfg)
-  rng = np.random.default_rng(0)
-  lat = rng.standard_normal((1, 2 * f, h, w, 16)).astype(np.float32)  # same main-token count
-  assert 2 * f * (h // 2) * (w // 2) == main_tokens
-  ctx = rng.standard_normal((1, 64, cfg["text_dim"])).astype(np.float32)
-  tt = np.array([700.0], np.float32)
-  return _timing.time_fn(lambda: reference.diffusers_forward(ref, lat, tt, ctx, 512),
-                         repeats=repeats)
+def rel_err(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def row(name, latent, layers, head_dim, args, workdir):
+  f, h, w = latent
+  flags = model_flags(args.dim, head_dim, layers, args)
+  jax_side = _procs.run_child([os.path.join(REPO, "benchmarks", "_side_jax.py"), "--model",
+                               "postcam", "--workdir", workdir, "--latent", f"{f},{h},{w}",
+                               "--precision", args.precision, *flags])
+  torch_flags = ["--release-checkout", args.release_checkout] if args.release_checkout else []
+  torch_side = _procs.run_child([os.path.join(REPO, "benchmarks", "_side_torch.py"), "--model",
+                                 "postcam", "--workdir", workdir, *flags, *torch_flags])
+  parity = rel_err(np.load(os.path.join(workdir, "jax_out.npy")),
+                   np.load(os.path.join(workdir, "torch_out.npy")))
+  return dict(size=name, latent=latent, main_tokens=2 * f * (h // 2) * (w // 2),
+              render_tokens=f * (h // 8) * (w // 8), layers=layers, head_dim=head_dim,
+              jax=jax_side, torch=torch_side, ratio=jax_side["seconds"] / torch_side["seconds"],
+              parity=parity)
+
+
+def format_row(r) -> str:
+  j, t = r["jax"], r["torch"]
+  return (f"| {r['size']} | {r['main_tokens']:,} + {r['render_tokens']:,} | {r['head_dim']} | "
+          f"{r['layers']} | {j['seconds']:.3f} | {t['seconds']:.3f} | **{r['ratio']:.2f}** | "
+          f"{j['peak_rss'] / GIB:.2f} / {j['forward_extra_rss'] / GIB:.2f} | "
+          f"{t['peak_rss'] / GIB:.2f} / {t['forward_extra_rss'] / GIB:.2f} | "
+          f"{j['compile_seconds']:.1f} | {r['parity']:.1e} |")
+
+
+HEADER = ("| size | main + render tokens | head_dim | layers | JAX s | PyTorch s | JAX / PyTorch | "
+          "JAX peak / forward GiB | PyTorch peak / forward GiB | JAX compile s | parity |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__)
-  p.add_argument("--configs", default="tiny,mid")
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--sizes", default="2k,8k,35k")
+  p.add_argument("--head-dims", default="64,128")
+  p.add_argument("--threads", type=int, default=0, help="CPUs per side (0: all of this process's)")
   p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--dim", type=int, default=512)
+  p.add_argument("--ffn", type=int, default=1536)
+  p.add_argument("--text-dim", type=int, default=512)
+  p.add_argument("--layers", default="", help="override the layers of every size")
+  p.add_argument("--precision", default="float32")
+  p.add_argument("--release-checkout", default="")
   args = p.parse_args()
-  print(_timing.machine(), f"| torch {torch.__version__}, {torch.get_num_threads()} threads")
-  for name in args.configs.split(","):
-    t_ref = None
-    for precision in ("float32", "mixed"):
-      t, tokens = run(name, precision, args.repeats)
-      if t_ref is None:
-        t_ref = diffusers_time(name, tokens, args.repeats)
-      print(f"{name} {precision}: {t * 1e3:.1f} ms/forward, {tokens / t:,.0f} main tokens/s | "
-            f"diffusers Wan fp32 eager at {tokens} tokens {t_ref * 1e3:.1f} ms "
-            f"(ratio diffusers/postcam {t_ref / t:.2f}x)")
+  args.threads = args.threads or len(os.sched_getaffinity(0))
+  print(f"{args.threads} CPU thread(s) per side; {os.cpu_count()} CPUs on this machine")
+  print(HEADER, flush=True)
+  rows = []
+  for name in args.sizes.split(","):
+    latent, layers = SIZES[name]
+    layers = int(args.layers) if args.layers else layers
+    for head_dim in (int(d) for d in args.head_dims.split(",")):
+      with tempfile.TemporaryDirectory() as workdir:
+        r = row(name, latent, layers, head_dim, args, workdir)
+      rows.append(r)
+      print(format_row(r), flush=True)
+  print(f"jax {rows[0]['jax']['jax']}, torch {rows[0]['torch']['torch']} "
+        f"({rows[0]['torch']['reference']}), threads: jax {rows[0]['jax']['threads']}, torch "
+        f"{rows[0]['torch']['threads']}")
+  worst = max(rows, key=lambda r: r["ratio"])
+  print(f"worst JAX / PyTorch: {worst['ratio']:.2f} ({worst['size']}, head_dim "
+        f"{worst['head_dim']})")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,20 @@ The backbone must be an ``init-postcam`` directory of the same variant (``--vari
 read the camera as rays per target token, ``postcam_jax.geometry.cameras.plucker_tokens(target_w2c,
 intrinsics, latent_shape)`` [B, N, 24], instead of the 11 RT tokens. Append ``,tiny`` for the
 CPU-sized version on generated scenes (e.g. ``configs/ablations.py:render_first,tiny``).
+
+Each config names what its tables report (``config.report``, ``common.report``): its row and label
+in tables 3-5 (``common.ABLATION_TABLES``), the metrics (``common.REPORT_METRICS``: RotErr,
+TransErr, CamMC of the generated videos, PSNR and SSIM against the true targets) and the paper's
+RotErr/TransErr for the row. One command measures a table's columns for trained runs, each
+workdir naming its own row (the model, its held-out pairs and the config come from its latest
+checkpoint)::
+
+  python -m postcam_jax.evaluate --table 3 --workdirs runs/pose_only runs/render_only \
+    runs/baseline_plucker_render runs/baseline_rt_render runs/postcam_plucker_render \
+    runs/postcam --depth-model ckpt/da3 --out eval/table3
 """
 
-from configs import postcam_1p3b, postcam_tiny
+from configs import common, postcam_1p3b, postcam_tiny
 
 # name -> (stage steps at full size, schedule) for the release model.
 SCHEDULES = {"one_stage": ((17000,), "one_stage"), "render_first": ((7000, 10000), "render_first"),
@@ -56,4 +67,5 @@ def get_config(arg: str | None = None):
     schedule = schedule or "two_stage"
   config.schedule = schedule
   config.stage_steps = tuple(max(1, round(s * steps_scale)) for s in steps)
+  config.report = common.report(name)  # its row of tables 3-5 and the metrics they report
   return config

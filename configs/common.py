@@ -61,6 +61,77 @@ def data_synthetic(batch_size: int, cache_dir: str = "/tmp/postcam_synthetic",
   return ml_collections.ConfigDict(fields)
 
 
+def camera_eval(**overrides) -> ml_collections.ConfigDict:
+  """``config.eval.camera``: at its steps the trainer samples ``num_pairs`` held-out pairs with the
+  live model and logs camera accuracy (RotErr, TransErr, CamMC of Depth Anything 3 poses of the
+  generated videos) and PSNR/SSIM against the true targets to TensorBoard beside val/loss
+  (``postcam_jax.training.camera_eval``). Off by default.
+
+  Cost of one evaluation (``postcam_jax.models.flops``): num_pairs x sample_steps DiT forwards at
+  batch num_pairs (no guidance); at 480x832x41 one forward of PostCam-1.3B is 313 TFLOP and one
+  training step at batch 16 is 14,010 TFLOP (45 forwards), so the defaults (4 pairs x 20 steps =
+  80 forwards) cost 1.8 training steps of compute: 0.18 % of a run that evaluates every 1,000
+  steps. On top: num_pairs VAE decodes and num_pairs DA3 pose passes (plus 3 x num_pairs once, for
+  the baselines: source, render, true target), each of the order of one DiT forward or less, and
+  the host work (SSIM, metrics). Measured on the tiny config (2 CPU cores, 2 pairs x 2 steps, a
+  tiny random DA3): ``val/camera_eval_seconds`` in tests/train_camera_eval_test.py.
+  ``depth_model`` "": fidelity only. ``vae``: the Wan-VAE to decode with, for prepared records
+  (generated scenes decode with their stand-in codec, data.encoder = "pca"). ``every`` 0:
+  eval.every. ``process_res``: DA3's longest side (504, the release's); ``pose_frames``: poses on
+  that many frames spread over the clip (0: all)."""
+  fields = dict(enabled=False, every=0, num_pairs=4, sample_steps=20, shift=5.0, seed=0,
+                depth_model="", process_res=504, pose_frames=0, vae="")
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
+# The paper's ablation tables (section 4.3) as ``python -m postcam_jax.evaluate --table N`` lays
+# them out: table -> (title, rows); a row is (config name, the paper's label). "postcam" is the
+# paper's model (postcam_1p3b / postcam_tiny / demo); the others are configs/ablations.py names.
+ABLATION_TABLES = {
+    "3": ("Table 3: camera conditioning strategies", (
+        ("pose_only", "Pose-only"), ("render_only", "Render-only"),
+        ("baseline_plucker_render", "Baseline Fusion (Plucker+Render)"),
+        ("baseline_rt_render", "Baseline Fusion (RT+Render)"),
+        ("postcam_plucker_render", "PostCam (Plucker+Render)"),
+        ("postcam", "PostCam (RT+Render)"))),
+    "4": ("Table 4: attention injection", (
+        ("wo_query_shared", "w/o query-shared"), ("wo_kv_concat", "w/o kv-concatenated"),
+        ("postcam", "Ours"))),
+    "5": ("Table 5: training strategies", (
+        ("one_stage", "one stage"), ("render_first", "two stage, render-first"),
+        ("postcam", "two stage, pose-first"))),
+}
+# What the tables report, named as python -m postcam_jax.evaluate names its columns: the paper's
+# camera accuracy (RotErr, TransErr; with CamMC) of the generated videos, and, in place of its
+# VBench Aes./Img. Qual. (which need LAION's aesthetic and the MUSIQ networks), fidelity to the
+# true target videos of the synthetic held-out pairs, the set the paper's tables use.
+REPORT_METRICS = ("pred_rot_err", "pred_trans_err", "pred_cam_mc", "pred_psnr", "pred_ssim")
+# The paper's published RotErr / TransErr per (table, row), printed beside the measured ones.
+PAPER_RESULTS = {
+    "3": {"pose_only": (0.0841, 0.1545), "render_only": (0.0548, 0.1786),
+          "baseline_plucker_render": (0.0727, 0.2312), "baseline_rt_render": (0.1140, 0.3718),
+          "postcam_plucker_render": (0.0465, 0.1259), "postcam": (0.0495, 0.0791)},
+    "4": {"wo_query_shared": (0.1386, 0.1707), "wo_kv_concat": (0.1389, 0.1984),
+          "postcam": (0.0495, 0.0791)},
+    "5": {"one_stage": (0.0578, 0.1299), "render_first": (0.0991, 0.1730),
+          "postcam": (0.0495, 0.0791)},
+}
+
+
+def report(name: str) -> ml_collections.ConfigDict:
+  """``config.report``: which row of tables 3-5 a run is (``name``); per table its title, the row's
+  label and position and the paper's RotErr/TransErr for it; the metrics the tables report
+  (``python -m postcam_jax.evaluate --table N --workdirs ...`` reads it from each workdir)."""
+  tables = {}
+  for table, (title, rows) in ABLATION_TABLES.items():
+    for position, (row, label) in enumerate(rows):
+      if row == name:
+        paper = dict(zip(("pred_rot_err", "pred_trans_err"), PAPER_RESULTS[table][name]))
+        tables[table] = dict(title=title, label=label, position=position, paper=paper)
+  return ml_collections.ConfigDict(dict(name=name, tables=tables, metrics=REPORT_METRICS))
+
+
 def base(**overrides) -> ml_collections.ConfigDict:
   """Everything but model/data: schedule, checkpoints, eval, logging."""
   c = ml_collections.ConfigDict()
@@ -78,7 +149,8 @@ def base(**overrides) -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3, async_save=True))
   c.eval = ml_collections.ConfigDict(dict(every=1000, num_batches=4, seed=1234,
                                           sigmas=(0.1, 0.3, 0.5, 0.7, 0.9),
-                                          zero_camera_baseline=True))
+                                          zero_camera_baseline=True, camera=camera_eval()))
+  c.report = report("postcam")     # the paper's own model: the last row of tables 3-5
   c.log_every = 50
   c.peak_flops_per_device = 0.0    # 0: from postcam_jax.models.flops tables (unknown on CPU)
   c.update(overrides)

@@ -24,5 +24,5 @@ def get_config(arg: str | None = None):
   config.optim = common.optim(lr=1e-3, warmup_steps=20, decay="cosine", weight_decay=0.0)
   config.loss.timesteps = "logit_normal"
   config.eval = dict(every=0, num_batches=1, seed=1234, sigmas=(0.2, 0.5, 0.8),
-                     zero_camera_baseline=True)
+                     zero_camera_baseline=True, camera=common.camera_eval())
   return config

@@ -17,7 +17,7 @@ def get_config(arg: str | None = None):
   config.data = common.data_synthetic(batch_size=2)
   config.optim = common.optim(lr=1e-3, warmup_steps=5)
   config.eval = dict(every=30, num_batches=2, seed=1234, sigmas=(0.2, 0.5, 0.8),
-                     zero_camera_baseline=True)
+                     zero_camera_baseline=True, camera=common.camera_eval())
   if arg == "overfit":
     config.data.shuffle = False
     config.data.pairs_per_scene = 1

@@ -57,6 +57,28 @@ def test_tiny_train_step_compiles_for_v5p_with_data_and_sequence_sharding():
   assert report["raw_cost"]["kernel_launches"].get("splash_mha_fwd_residuals", 0) > 0
 
 
+def test_train_plan_lowers_the_loops_accumulated_step_and_prices_one_micro_batch():
+  """With optim.accum_steps=2 the planner lowers the trainer's own step: the micro-batches come
+  stacked [2, micro, ...] and the step's scan sums them; its price is the same step's on one
+  micro-batch without accumulation (planning.one_micro_step), times 2."""
+  config = planning.load_config(TINY, ["--config.optim.accum_steps=2"])
+  sizes = parallel.parse_mesh_spec("fsdp=4", 4)
+  req = planning.Request(config=config, topology="v5p:2x2x1", mesh=sizes,
+                         latent=planning.video_latent(config), render=(3, 4, 6))
+  batch = int(config.data.batch_size)
+  mesh = planning.abstract_mesh(req.topology, sizes)
+  _, args, _, facts = planning.build(req, mesh)
+  assert args[-1]["target_latent"].shape[:2] == (2, batch // 2) and facts["repeats"] == 2
+  lowered, _ = planning.lower_step(req)  # what the plan compiles for memory
+  assert f"tensor<2x{batch // 2}x" in lowered.as_text()
+  micro = planning.one_micro_step(req)
+  assert (int(micro.config.optim.accum_steps), int(micro.config.data.batch_size)) == (
+      1, batch // 2)
+  assert int(req.config.optim.accum_steps) == 2  # the request itself is left as it was
+  sample = req.replace(step="sample")
+  assert planning.one_micro_step(sample) is sample
+
+
 def test_fsdp_sharded_parameter_bytes_are_exact():
   config = planning.load_config(TINY, [])
   sizes = parallel.parse_mesh_spec("fsdp=2,sequence=2", 4)

@@ -85,7 +85,7 @@ def test_bad_inputs_are_one_error_and_leave_nothing(release_dir, tmp_path):
   proc = tool("--input", str(tmp_path / "unknown"), "--output", out)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "model_name 'da3-huge' is not a DA3 preset" in proc.stderr
-  assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 2  # head + 1 problem
+  assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1  # head: problem
   assert_nothing_left(tmp_path, out)
   # A missing key, a wrong shape and an extra key: all in one error.
   tensors = load_file(os.path.join(src, "model.safetensors"))

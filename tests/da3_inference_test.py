@@ -23,7 +23,7 @@ TOL = 1e-5
 def small():
   cfg = DA3Config.from_name("da3-small")
   torch_model, state = ref.build_torch(cfg, seed=11, preset=True)
-  return torch_model, ref.jax_model(cfg, state)
+  return torch_model, ref.jax_model(cfg, state), state
 
 
 def video(n, h, w, seed=0):
@@ -53,7 +53,7 @@ def compare(prediction, want, what):
     ((50, 70), 42, "lower_bound_crop"),
 ])
 def test_estimate_equals_release_inference(small, shape, res, method):
-  torch_model, jax_model = small
+  torch_model, jax_model, _ = small
   frames = video(4, *shape)
   with ref.no_ipp():
     want = ref.inference(torch_model, frames, use_ray_pose=False, process_res=res,
@@ -76,7 +76,7 @@ def test_nested_estimate_equals_release_inference():
 
 
 def test_bad_arguments(small):
-  _, jax_model = small
+  _, jax_model, _ = small
   frames = video(2, 28, 42)
   with pytest.raises(ValueError, match="uint8"):
     estimate_lib.estimate(jax_model, frames.astype(np.float32))
@@ -86,3 +86,17 @@ def test_bad_arguments(small):
     estimate_lib.estimate(jax_model, frames, use_ray_pose=True)
   with pytest.raises(ValueError, match="process_res_method"):
     estimate_lib.estimate(jax_model, frames, process_res_method="stretch")
+
+
+def test_bfloat16_backbone_runs_close_to_float32(small):
+  """The optional bf16 backbone (the release's GPU autocast does the same to its ViT). Not a
+  parity check: bf16 keeps 8 mantissa bits, so the bound is loose on purpose and only catches a
+  broken bf16 path (NaNs, a dropped cast, a wrong scale)."""
+  _, jax_model, state = small
+  bf16 = ref.jax_model(jax_model.cfg.replace(precision="bfloat16"), state)
+  frames = video(4, 60, 90)
+  want = estimate_lib.estimate(jax_model, frames, process_res=56)
+  got = estimate_lib.estimate(bf16, frames, process_res=56)
+  assert np.all(np.isfinite(got.depth)) and np.all(np.isfinite(got.extrinsics))
+  assert ref.relative_error(got.depth, want.depth) < 0.05
+  assert ref.relative_error(got.intrinsics, want.intrinsics) < 0.05

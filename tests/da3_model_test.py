@@ -5,7 +5,8 @@ the converter's table). The raw network outputs (backbone features and camera to
 output layers, depth, confidence, rays, extrinsics, intrinsics, the chosen reference view) match
 on the da3-small and da3-base presets and on shrunk da3-large, metric and nested models (the
 latter's any-view net da3-giant's structure: SwiGLU, an odd ``alt_start``), with input poses
-(camera encoder); every reference-view strategy equals the release's on class tokens. Errors are ``max |jax - torch| / max |torch|``; 1e-5 is float32 rounding
+(camera encoder); every reference-view strategy equals the release's on class tokens. Errors are
+``max |jax - torch| / max |torch|``; 1e-5 is float32 rounding
 (the reductions run in another order), never loosened.
 """
 
@@ -121,10 +122,10 @@ def mapped_shapes(shapes, cfg):
   """Map the release's state-dict shapes through the converter's table without any data: {our
   flat key: shape} (stacked rows assembled), and every source key that no rule takes."""
   rules, ignore = convert_da3.rules_for(cfg)
-  renamed = convert_da3._QKRenamed(common.DictSource(shapes), convert_da3.qk_renames(cfg))  # pylint: disable=protected-access
+  renamed = convert_da3.table_source(common.DictSource(shapes), cfg)
   out, rows, unmatched = {}, {}, []
   for key in renamed.keys():
-    shape = shapes[renamed._to_source[key]]  # pylint: disable=protected-access
+    shape = shapes[renamed.source_key(key)]
     if any(re.fullmatch(p, key) for p in ignore):
       continue
     hit = next(((r, m) for r in rules if (m := r.match(key))), None)

@@ -26,10 +26,12 @@ narrower blocks) from the package's classes (``DinoVisionTransformer``, ``DualDP
 
 import contextlib
 import functools
+import importlib.util
 import sys
 import types
 
 import numpy as np
+from flax import nnx
 
 from postcam_jax.convert import common
 from postcam_jax.convert import da3 as convert_da3
@@ -59,7 +61,10 @@ def da3():
   sys.modules.setdefault("torchvision._meta_registrations",
                          types.ModuleType("torchvision._meta_registrations"))
   for name in _EXPORT_MODULES:
-    sys.modules.setdefault(name, _placeholder(name))
+    # Only for what is not installed: a placeholder for an installed module (matplotlib, a
+    # runtime dependency) would leak into every later test of this process.
+    if name not in sys.modules and importlib.util.find_spec(name.split(".")[0]) is None:
+      sys.modules[name] = _placeholder(name)
   import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(1)
   from depth_anything_3 import api  # pylint: disable=import-outside-toplevel
@@ -174,11 +179,9 @@ def add_noise(model, seed: int, scale: float):
 
 def jax_model(cfg: DA3Config, state: dict) -> DA3Model:
   """The Flax model with the torch weights, through the converter's key table (in memory)."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-
   abstract = model_dir.abstract_params(lambda: DA3Model(cfg, rngs=nnx.Rngs(0)))
   rules, ignore = convert_da3.rules_for(cfg)
-  source = convert_da3._QKRenamed(common.DictSource(state), convert_da3.qk_renames(cfg))  # pylint: disable=protected-access
+  source = convert_da3.table_source(common.DictSource(state), cfg)
   flat = common.convert_tensors(source, rules, abstract, ignore=ignore)
   model = nnx.eval_shape(lambda: DA3Model(cfg, rngs=nnx.Rngs(0)))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)

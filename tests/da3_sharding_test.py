@@ -33,7 +33,8 @@ def narrow(metric: bool = False) -> DA3Config:
   out = cfg.replace(model_name="narrow", net=net)
   if metric:
     m = DA3Config.from_name("da3metric-large").net
-    mb = dataclasses.replace(m.backbone, embed_dim=64, num_heads=4, depth=4, out_layers=(0, 1, 2, 3))
+    mb = dataclasses.replace(m.backbone, embed_dim=64, num_heads=4, depth=4,
+                             out_layers=(0, 1, 2, 3))
     mh = dataclasses.replace(m.head, features=16, out_channels=(8, 16, 32, 64))
     out = out.replace(model_name="narrow-nested", metric=dataclasses.replace(m, backbone=mb,
                                                                             head=mh))

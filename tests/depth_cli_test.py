@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from postcam_jax.core import atomic
 from postcam_jax.depth import cli as depth_cli
 from postcam_jax.depth import release
 from postcam_jax.inference import inputs
@@ -177,6 +178,7 @@ def cli_run(da3):
   out, tmp = da3["root"] / "vggt" / "clip", da3["root"] / "vggt" / "clip_da3_tmp"
   os.makedirs(out / "depth")
   (out / "depth" / "000007.png").write_bytes(b"stale")
+  atomic.write_marker(out)  # an earlier run's folder: --overwrite may replace it
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(estimate, "estimate", recording)
     printed = io.StringIO()
@@ -200,8 +202,8 @@ def test_cli_writes_the_release_folder_of_its_prediction(cli_run, da3):
   assert prediction.processed_hw == (378, 504) and prediction.depth.shape == (2, 378, 504)
   result = release.postprocess(prediction.depth, prediction.extrinsics, prediction.intrinsics,
                                prediction.processed_hw)
-  assert sorted(os.listdir(out)) == ["depth", "extrinsics.txt", "images", "intrinsics.txt",
-                                     "metadata.txt"]
+  assert sorted(os.listdir(out)) == [atomic.MARKER, "depth", "extrinsics.txt", "images",
+                                     "intrinsics.txt", "metadata.txt"]
   assert sorted(os.listdir(out / "depth")) == ["000000.png", "000001.png"]  # the stale one gone
   for i in range(2):
     with Image.open(out / "depth" / f"{i:06d}.png") as png:

@@ -15,6 +15,7 @@ import pytest
 from numpy._core import _multiarray_umath
 from PIL import Image
 
+from postcam_jax.core import atomic
 from postcam_jax.depth import release
 from postcam_jax.inference import inputs
 from postcam_jax.io import video
@@ -55,8 +56,9 @@ def written(result, tmp_path_factory):
 def test_depth_pngs_and_text_files_equal_the_release(written):
   out, _ = written
   want_dir = os.path.join(FIXTURE, "release_out")
-  assert sorted(os.listdir(out)) == ["depth", "extrinsics.txt", "images", "intrinsics.txt",
-                                     "metadata.txt"]
+  # The release's files, and the marker that lets --overwrite replace the folder later.
+  assert sorted(os.listdir(out)) == [atomic.MARKER, "depth", "extrinsics.txt", "images",
+                                     "intrinsics.txt", "metadata.txt"]
   names = sorted(os.listdir(os.path.join(want_dir, "depth")))
   assert sorted(os.listdir(out / "depth")) == names and len(names) == 41
   for name in names:
@@ -119,7 +121,7 @@ def test_written_folder_reads_back_as_step_3_reads_it(written, result):
 def test_da3_tmp_intrinsics_and_bboxes_equal_the_release(result, tmp_path):
   out = tmp_path / "test1_da3_tmp"
   release.write_da3_tmp(out, result)
-  assert sorted(os.listdir(out)) == sorted(DA3_TMP_FILES)
+  assert sorted(os.listdir(out)) == sorted((atomic.MARKER, *DA3_TMP_FILES))
   for name in ("intrinsic.txt", "frame_bboxes.txt"):
     got = np.loadtxt(out / name)
     want = np.loadtxt(os.path.join(FIXTURE, "da3_tmp", name))
@@ -273,7 +275,8 @@ def test_constant_depth_quantises_to_zero(tmp_path):
   assert (result.depth_min, result.depth_max) == (1.25, 1.25)
   assert result.metadata_text() == "1.25 1.25\n"
   out = release.write_release_folder(tmp_path / "flat", result, progress=False)
-  assert sorted(os.listdir(out)) == ["depth", "extrinsics.txt", "intrinsics.txt", "metadata.txt"]
+  assert sorted(os.listdir(out)) == [atomic.MARKER, "depth", "extrinsics.txt", "intrinsics.txt",
+                                     "metadata.txt"]
   seq = inputs.read_depth_folder(out)
   assert np.all(seq.depth == np.float32(1.25))
 
@@ -318,5 +321,6 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
   assert sorted(os.listdir(out / "images")) == before
   # Overwrite replaces the folder whole (no images/ this time).
   release.write_release_folder(out, result, overwrite=True, progress=False)
-  assert sorted(os.listdir(out)) == ["depth", "extrinsics.txt", "intrinsics.txt", "metadata.txt"]
+  assert sorted(os.listdir(out)) == [atomic.MARKER, "depth", "extrinsics.txt", "intrinsics.txt",
+                                     "metadata.txt"]
   assert sorted(os.listdir(tmp_path)) == ["depth", "file"]

@@ -16,14 +16,15 @@ ALLOWED = {
     "models": {"core", "parallel", "geometry"},
     "io": {"core", "parallel", "models"},
     "convert": {"core", "io", "models"},
-    "data": {"core", "geometry", "io"},
-    "evaluation": set(),
-    "inference": {"core", "parallel", "geometry", "io"},
+    "data": {"core", "parallel", "geometry", "models", "io", "depth"},
+    "depth": {"core", "parallel", "geometry", "models", "io"},
+    "inference": {"core", "parallel", "geometry", "io", "depth"},
+    "evaluation": {"core", "parallel", "geometry", "models", "io", "depth", "inference", "data"},
     "training": {"core", "parallel", "geometry", "models", "io", "data", "evaluation"},
     "planning": {"core", "parallel", "models", "inference", "training"},
 }
 MAX_LINES = 500
-ENTRY_POINTS = ("sample.py", "train.py", "aot.py")  # thin `python -m` shims at the root
+ENTRY_POINTS = ("sample.py", "train.py", "aot.py", "evaluate.py")  # thin `python -m` shims at the root
 
 
 def _modules():

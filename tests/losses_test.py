@@ -42,6 +42,20 @@ def test_noisy_latents_and_target():
   np.testing.assert_allclose(v, -2.0)
 
 
+def test_micro_batches_draw_their_own_rows_of_the_whole_batch():
+  """Gradient accumulation: micro-batch i of 3 draws, by itself, exactly rows 2i..2i+1 of the
+  noise and timesteps the whole batch of 6 draws from the same key (per-example keys)."""
+  key = jax.random.key(7)
+  whole = losses.draw_noise(key, (6, 2, 4, 4, 16), losses.LossConfig())
+  for i in range(3):
+    part = jax.jit(lambda i: losses.draw_noise(key, (2, 2, 4, 4, 16), losses.LossConfig(),
+                                               micro=(i, 3)))(i)
+    for a, b in zip(part, whole):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[2 * i:2 * i + 2])
+  # Examples differ from one another (each has its own key).
+  assert not np.array_equal(np.asarray(whole[2][0]), np.asarray(whole[2][1]))
+
+
 def test_bad_configs_are_named():
   with pytest.raises(ValueError, match="unknown timestep sampler"):
     losses.LossConfig("cosine")

@@ -37,7 +37,8 @@ TEXT_DIM = 32  # the fixture checkpoint's
 # the latents' differences and sums in another order when sharded (measured 1.2e-5 on
 # data=2,fsdp=4 with 5 frames, 2.8e-5 with 41), so 1e-4.
 SAME_SAMPLE_TOL = {"pred_latent": 1e-5, "render": 1e-5, "pred": 1e-4}
-ARRAY_KEYS = ("pred", "pred_latent", "render", "holes")
+ARRAY_KEYS = ("pred", "pred_latent", "render", "holes", "target_w2c", "source_w2c",
+              "intrinsics", "trajectory")
 
 
 def write_release_depth(folder, num_frames=CLIP_FRAMES, hw=(480, 832)):

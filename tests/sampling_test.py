@@ -88,6 +88,27 @@ def test_stepwise_progress_equals_jitted_loop(case, release_model):
   assert seen == [0, 1, 2, 3] * 2
 
 
+def test_steps_donate_the_carry_but_not_the_callers_noise(case, release_model):
+  """Each step writes the next latents into the carry it was given (donated: the input's buffers
+  are consumed, one set of latents per video); the caller's noise array survives a sample."""
+  noise = jnp.asarray(channels_last(case["sample_noise"]))
+  sampler = sampling.Sampler(release_model)
+  tables = sampling.solver_tables(2, 5.0, "euler")
+  conds = sampling.batch_conditions(channels_last(case["source_latents"]), case["camera_12"],
+                                    channels_last(case["render_latents"]), case["context"],
+                                    case["negative_context"], True, sampler.dtype)
+  carry = sampling.place_carry(sampling.initial_carry(noise, "euler"), sampler.state)
+  assert carry[0] is not noise and not noise.is_deleted()
+  out = sampling.run_one_step(sampler.graphdef, sampler.state, carry, conds, jnp.float32(5.0),
+                              tables, jnp.int32(0), solver="euler", guided=True)
+  assert carry[0].is_deleted() and not out[0].is_deleted()
+  sampler.sample(noise=noise, source_latents=channels_last(case["source_latents"]),
+                 camera=case["camera_12"], render_latents=channels_last(case["render_latents"]),
+                 context=case["context"], negative_context=case["negative_context"],
+                 num_steps=2, guidance_scale=5.0)
+  assert not noise.is_deleted()
+
+
 # ----------------------------------------------------------------------------------------------
 # UniPC against diffusers' UniPCMultistepScheduler on a toy linear velocity field.
 

@@ -1,6 +1,7 @@
 """The Pallas splash attention (interpret mode on CPU) against the XLA attention, float32."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -82,3 +83,27 @@ def test_bad_shapes_are_named():
   q, k, v = _qkv(1, 8, 8, 2, 16)
   with pytest.raises(ValueError, match=r"q \[B, Lq, H, D\]"):
     splash.splash_attention(q, k[:, :, :1], v, interpret=True)
+
+
+def test_checked_shard_map_gets_the_fix_and_no_private_jax_api_is_used():
+  """The library kernel cannot run under shard_map(check_vma=True): an explicit request says so
+  (auto picks another kernel there); and the package reaches into no private jax module (the
+  splash wrapper used jax._src.config to switch the check off), so no jax upper bound is needed."""
+  mesh = parallel.make_mesh({"sequence": 2}, devices=jax.devices()[:2])
+  q = jax.device_put(jnp.ones((2, 8, 2, 16)), jax.sharding.NamedSharding(mesh, P("sequence")))
+
+  def body(x):
+    assert splash.in_checked_shard_map(x)
+    return attention.attention(x, x, x, implementation="splash_interpret")
+
+  checked = jax.shard_map(body, mesh=mesh, in_specs=P("sequence"), out_specs=P("sequence"),
+                          check_vma=True)
+  with pytest.raises(ValueError, match="check_vma=False"):
+    jax.jit(checked)(q)
+  package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "postcam_jax")
+  for folder, _, files in os.walk(package):
+    for name in files:
+      if name.endswith(".py"):
+        text = open(os.path.join(folder, name)).read()
+        assert "jax._src" not in text, os.path.join(folder, name)

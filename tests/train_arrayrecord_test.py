@@ -10,6 +10,7 @@ import pytest
 from configs import common, postcam_tiny
 from postcam_jax import training
 from postcam_jax.data import arrayrecord, prepare, synthetic
+from postcam_jax.data import records as records_lib
 from postcam_jax.training import data as train_data
 from postcam_jax.training import metrics
 
@@ -62,11 +63,15 @@ def test_one_preparation_writes_both_splits(records):
   assert len(train_ids) == 2 and len(test_ids) == 1
   ex = arrayrecord.data_source(path, "test")[0]
   assert ex["target_latent"].shape == (3, 8, 12, 16) and ex["render_latent"].shape == (3, 2, 3, 16)
-  # Asking the same prepared directory for a split it lacks is an error, not a silent reuse.
+  # Asking the same prepared directory for another root or splits is an error naming both, not
+  # a silent reuse.
   missing = arrayrecord.PairsConfig(name="latent", root="/nonexistent", splits=("train", "val"),
                                     clip_frames=T, height=H, width=W,
+                                    pairs_per_scene=PAIRS_PER_SCENE,
                                     encoders=builder.builder_config.encoders)
-  with pytest.raises(ValueError, match=r"not \['val'\].*reused as is"):
+  with pytest.raises(records_lib.PreparedDirError,
+                     match=r"other settings: root: '.*' -> '/nonexistent'; splits: \['train', "
+                           r"'test'\] -> \['train', 'val'\]\. .*--overwrite"):
     arrayrecord.prepare(missing, data_dir)
 
 

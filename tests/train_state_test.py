@@ -16,7 +16,7 @@ from flax import nnx
 
 from postcam_jax import parallel, training
 from postcam_jax.models.postcam import trainable
-from postcam_jax.training import checkpointing, metrics
+from postcam_jax.training import checkpointing, losses, metrics
 from tests.train_test import shared_cache_dir, tiny_config
 
 STEPS = 4
@@ -114,9 +114,9 @@ def test_resume_on_a_different_mesh(reference, tmp_path):
 
 
 def test_gradient_accumulation_equals_the_whole_batch(reference, tmp_path):
-  """optim.accum_steps=2 (two micro-batches of 1, optax.MultiSteps) makes the same updates as the
-  reference's batch of 2: micro-batch i draws the noise of example i of the whole batch, and
-  MultiSteps averages the two gradients before AdamW."""
+  """optim.accum_steps=2 (two micro-batches of 1, summed by a scan inside one jitted step) makes
+  the same updates as the reference's batch of 2: micro-batch i draws the noise of example i of
+  the whole batch, and the step averages the two gradients before AdamW."""
   config, _, whole = reference
   accum = reference_config(config.data.cache_dir)
   accum.optim.accum_steps = 2
@@ -127,8 +127,8 @@ def test_gradient_accumulation_equals_the_whole_batch(reference, tmp_path):
   # another order (float32 rounding, ~1e-7 relative).
   np.testing.assert_allclose([acc[s]["train/loss"] for s in acc],
                              [ref[s]["train/loss"] for s in acc], rtol=1e-5)
-  inner = result.optimizer.opt_state.inner_opt_state
-  assert int(result.optimizer.opt_state.gradient_step[...]) == STEPS
+  inner = result.optimizer.opt_state
+  assert int(result.optimizer.step[...]) == STEPS  # one optimizer update per step
   # Adam's moments: the averaged gradients (mu) and squares (nu) of the whole batch. Each element
   # is a sum over examples whose float32 rounding is relative to the summands' size, not the
   # (possibly cancelling) sum's, so the tolerance is relative to each moment's largest element.
@@ -149,6 +149,41 @@ def test_gradient_accumulation_equals_the_whole_batch(reference, tmp_path):
   a_params, b_params = trainable_arrays(whole.model), trainable_arrays(result.model)
   for path, a in a_params.items():
     np.testing.assert_allclose(b_params[path], a, rtol=0, atol=bound, err_msg=str(path))
+
+
+def _own_equations(closed_jaxpr):
+  """The equations of a jitted function's own jaxpr (the pjit wrapper opened)."""
+  jaxpr = closed_jaxpr.jaxpr
+  while len(jaxpr.eqns) == 1 and "jaxpr" in jaxpr.eqns[0].params:
+    jaxpr = jaxpr.eqns[0].params["jaxpr"].jaxpr
+  return jaxpr.eqns
+
+
+def test_accumulation_is_one_step_with_one_finiteness_check(reference):
+  """The accumulated step is one traced function over the 2 stacked micro-batches: one scan sums
+  their gradients, and the NaN/Inf check of the updated state (one is_finite per state array)
+  sits after it, once per step, exactly as in the step without accumulation."""
+  config, _, _ = reference
+  mesh = training.make_run_mesh(config)
+  checks, scans = {}, {}
+  for accum in (1, 2):
+    cfg = reference_config(config.data.cache_dir)
+    cfg.optim.accum_steps = accum
+    graphdef, inputs = training.abstract_train_inputs(cfg, mesh, (3, 16, 24, 16))
+    step = training.make_train_step(graphdef, losses.LossConfig(), camera=True, render=False,
+                                    accum_steps=accum)
+    if accum == 2:
+      assert inputs[-1]["target_latent"].shape == (2, 1, 3, 16, 24, 16)
+    with jax.set_mesh(mesh):
+      eqns = _own_equations(jax.make_jaxpr(step)(*inputs))
+    checks[accum] = sum(e.primitive.name == "is_finite" for e in eqns)
+    stacked = (2, 1, 3, 16, 24, 16)  # the micro-batches' latents, scanned over
+    scans[accum] = [e for e in eqns if e.primitive.name == "scan"
+                    and any(getattr(v.aval, "shape", None) == stacked for v in e.invars)]
+  assert checks[1] == checks[2] > 0, checks
+  assert not scans[1] and len(scans[2]) == 1 and scans[2][0].params["length"] == 2
+  body = scans[2][0].params["jaxpr"].jaxpr.eqns
+  assert not any(e.primitive.name == "is_finite" for e in body)
 
 
 def test_mfu_is_over_the_runs_mesh_not_every_device(reference):

@@ -10,8 +10,9 @@ Subcommands:
   t5              umT5-XXL encoder (original .pth or transformers UMT5EncoderModel) -> postcam-jax
   da3             Depth Anything 3 (a save_pretrained directory) -> postcam-jax
 
-Every missing, unexpected or mis-shaped key is reported in one error, and a failed conversion
-leaves no output directory behind.
+Every missing, unexpected, mis-shaped or non-finite key is reported in one error line (exit 2),
+and a failed or interrupted (SIGTERM, Ctrl-C) conversion leaves no output behind. ``--overwrite``
+replaces only a model directory (one holding ``model.json``) that does not hold the input.
 """
 
 import argparse
@@ -53,12 +54,13 @@ def main(argv=None) -> int:
     p = sub.add_parser(name, help=help_text, description=help_text)
     getattr(module, f"{prefix}add_arguments")(p)
   args = parser.parse_args(argv)
-  from postcam_jax.convert.common import ConversionError  # pylint: disable=import-outside-toplevel
-  try:
-    return runners[args.command](args)
-  except (ConversionError, FileExistsError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  # pylint: disable=import-outside-toplevel (after sys.path and JAX_PLATFORMS are set)
+  from postcam_jax.convert.common import ConversionError
+  from postcam_jax.core import atomic, cli
+  from postcam_jax.io.model_dir import ModelDirError
+  # A bad input or output is one line (exit 2); anything else is a bug and keeps its traceback.
+  return cli.run(lambda: runners[args.command](args),
+                 (ConversionError, atomic.OutputError, ModelDirError, FileNotFoundError))
 
 
 if __name__ == "__main__":

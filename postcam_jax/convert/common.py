@@ -243,15 +243,28 @@ def numpy_dtype(name: str):
   raise ValueError(f"unknown dtype {name!r}; choose float32 or bfloat16")
 
 
+def typed_config(cls, values: Mapping[str, Any], source: str):
+  """``cls.from_dict(values)``, a config the checkpoint implies that ``cls`` refuses reported as a
+  :class:`ConversionError`."""
+  try:
+    return cls.from_dict(values)
+  except (TypeError, ValueError) as e:
+    raise ConversionError([f"the architecture it implies is not a valid {cls.__name__}: {e}"],
+                          source) from None
+
+
 def add_conversion_arguments(parser, input_help: str, format_help: str | None = None):
   """The options every PyTorch -> postcam-jax subcommand shares."""
   parser.add_argument("--input", required=True, help=input_help)
-  parser.add_argument("--output", required=True, help="output directory (must not exist)")
+  parser.add_argument("--output", required=True,
+                      help="output directory (must not exist, or pass --overwrite)")
   parser.add_argument("--format", default="auto", choices=("auto", "wan", "diffusers"),
                       help=format_help or "key layout of the input (default: detect from the keys)")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="parameter dtype of the output")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace an existing output: only a model directory (one holding "
+                           "model.json) that does not hold the input")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,7 +348,14 @@ def convert_tensors(source: TensorSource, rules: list[Rule], abstract: Mapping[s
     if problems:  # once something is wrong, only keep checking (no more reading)
       filled.setdefault(target, set()).add(layer)
       continue
-    arr = rule.transform(source.get(key)).astype(want_dtype)
+    raw = source.get(key)
+    bad = first_non_finite_index(raw)
+    if bad is not None:  # a damaged checkpoint would convert and sample black videos
+      problems.append(f"non-finite value (NaN or Inf) in {key!r} at index {bad}: the checkpoint "
+                      f"is damaged; download or export it again")
+      filled.setdefault(target, set()).add(layer)
+      continue
+    arr = rule.transform(raw).astype(want_dtype)
     if layer is None:
       out[target] = arr
     else:
@@ -356,6 +376,16 @@ def convert_tensors(source: TensorSource, rules: list[Rule], abstract: Mapping[s
   if problems:
     raise ConversionError(problems, source.description)
   return out
+
+
+def first_non_finite_index(arr: np.ndarray) -> tuple[int, ...] | None:
+  """The index of the first NaN/Inf of a floating array (bfloat16 included), or None."""
+  if arr.dtype.kind != "f" and arr.dtype != np.dtype(ml_dtypes.bfloat16):
+    return None
+  finite = np.isfinite(arr)
+  if finite.all():
+    return None
+  return tuple(int(i) for i in np.unravel_index(int(np.argmin(finite)), arr.shape))
 
 
 def _torch_shape(rule: Rule, jax_shape):

@@ -105,6 +105,10 @@ class _QKRenamed(common.TensorSource):
   def keys(self):
     return list(self._to_source)
 
+  def source_key(self, key: str) -> str:
+    """The release's name of ``key``."""
+    return self._to_source[key]
+
   def release_names(self, message: str) -> str:
     """A problem message in the release's key names ('blocks.4+3' and renamed keys -> the
     release's 'blocks.7')."""
@@ -234,6 +238,11 @@ def qk_renames(cfg: DA3Config) -> dict[str, tuple[str, str, int]]:
   return out
 
 
+def table_source(source: common.TensorSource, cfg: DA3Config) -> "_QKRenamed":
+  """``source`` with the keys the table expects (QK-norm blocks renumbered in their stack)."""
+  return _QKRenamed(source, qk_renames(cfg))
+
+
 def rules_for(cfg: DA3Config) -> tuple[list[Rule], list[str]]:
   """The whole key table of a preset: ``model.*`` (one net) or ``model.da3.*`` /
   ``model.da3_metric.*`` (nested)."""
@@ -264,20 +273,21 @@ def convert_da3(input_path, output, dtype: str = "float32", overwrite: bool = Fa
   if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "model.safetensors")):
     raise ConversionError([f"{path}: expected a directory with model.safetensors and config.json "
                            f"(DepthAnything3.save_pretrained)"], path)
+  model_dir.check_output_dir(output, overwrite, inputs=(path,))
   source = common.SafetensorsSource([os.path.join(path, "model.safetensors")], path,
                                     os.path.join(path, "config.json"))
   try:
     cfg = DA3Config.from_name(read_model_name(source, path))
     abstract = model_dir.abstract_params(lambda: DA3Model(cfg, rngs=nnx.Rngs(0)))
     rules, ignore = rules_for(cfg)
-    renamed = _QKRenamed(source, qk_renames(cfg))
+    renamed = table_source(source, cfg)
     try:
       params = common.convert_tensors(renamed, rules, abstract,
                                       dtype=np.dtype(common.numpy_dtype(dtype)), ignore=ignore)
     except ConversionError as e:
       raise ConversionError([renamed.release_names(p) for p in e.problems], path) from None
     model_dir.save_model(output, kind=KIND, config=cfg.to_dict(), params=params,
-                         overwrite=overwrite,
+                         overwrite=overwrite, inputs=(path,),
                          extra={"source": path, "model_name": cfg.model_name, "dtype": dtype})
   finally:
     source.close()

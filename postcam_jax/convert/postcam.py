@@ -21,6 +21,7 @@ from safetensors.numpy import save_file
 from postcam_jax.convert import common, wan
 from postcam_jax.convert.common import ConversionError
 from postcam_jax.convert.wan import Entry
+from postcam_jax.core import atomic
 from postcam_jax.io import model_dir
 from postcam_jax.models.postcam import PostCamConfig, PostCamModel
 
@@ -61,16 +62,17 @@ def convert_postcam(input_path, output, dtype="float32", overwrite=False, fmt="a
     raise ConversionError([f"--format {fmt}: the PostCam release uses the original Wan key names "
                            f"and has no {fmt} layout; pass --format wan or leave --format out"],
                           os.fspath(input_path))
-
+  model_dir.check_output_dir(output, overwrite, inputs=(input_path,))
   source = wan.PrefixStripped(common.open_source(input_path))
   arch = infer_postcam_config(source)
-  cfg = PostCamConfig.from_dict(arch)
+  cfg = common.typed_config(PostCamConfig, arch, source.description)
   abstract = model_dir.abstract_params(lambda: PostCamModel(cfg, rngs=nnx.Rngs(0)))
   params = common.convert_tensors(source, wan.rules(POSTCAM_TABLE, "wan"), abstract,
                                   dtype=np.dtype(common.numpy_dtype(dtype)))
   model_dir.save_model(output, kind="postcam", config={k: arch_value(cfg, k) for k in ARCH_FIELDS},
-                         params=params, overwrite=overwrite,
-                         extra={"source": os.path.abspath(os.fspath(input_path)), "dtype": dtype})
+                       params=params, overwrite=overwrite,
+                       extra={"source": os.path.abspath(os.fspath(input_path)), "dtype": dtype},
+                       inputs=(input_path,))
   return cfg
 
 
@@ -95,8 +97,9 @@ def release_state_dict(params: dict[str, np.ndarray], num_layers: int) -> dict[s
 
 
 def export_postcam(input_dir, output, overwrite=False):
-  """Write a postcam-jax PostCam directory as the release's ``postcam.ckpt`` (or .safetensors)."""
-
+  """Write a postcam-jax PostCam directory as the release's ``postcam.ckpt`` (or .safetensors).
+  The file appears whole or not at all; an existing one is replaced only with ``overwrite``."""
+  atomic.check_output(output, overwrite=overwrite, inputs=(input_dir,), kind="file")
   meta = model_dir.read_model_json(input_dir)
   if meta.get("kind") != "postcam":
     raise ConversionError([f"{input_dir} holds a {meta.get('kind')!r} model, not PostCam"])
@@ -104,19 +107,12 @@ def export_postcam(input_dir, output, overwrite=False):
     raise ConversionError(["only the release's query-shared variant has a release layout"])
   model = model_dir.load_postcam(input_dir, dtype=None)
   sd = release_state_dict(model_dir.to_numpy_flat(model), model.cfg.num_layers)
-  if os.path.exists(output) and not overwrite:
-    raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
-  tmp = f"{output}.partial-{os.getpid()}"
-  try:
+  with atomic.atomic_file(output, overwrite=overwrite, inputs=(input_dir,)) as tmp:
     if output.endswith(".safetensors"):
       save_file(sd, tmp)
     else:
       import torch  # pylint: disable=import-outside-toplevel
       torch.save({k: _to_torch(torch, v) for k, v in sd.items()}, tmp)
-    os.replace(tmp, output)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return output
 
 
@@ -135,11 +131,12 @@ def init_postcam(wan_dir, output, seed=0, overwrite=False, **variant):
   camera encoder's linears xavier-uniform with zero biases, its LayerNorm weight one, bias zero.
   """
 
+  model_dir.check_output_dir(output, overwrite, inputs=(wan_dir,))
   meta = model_dir.read_model_json(wan_dir)
   if meta.get("kind") != "wan_dit":
     raise ConversionError([f"{wan_dir} holds a {meta.get('kind')!r} model, not a Wan DiT"])
+  cfg = common.typed_config(PostCamConfig, {**meta["config"], **variant}, os.fspath(wan_dir))
   backbone = model_dir.load_dit(wan_dir, dtype=None)
-  cfg = PostCamConfig.from_dict({**meta["config"], **variant})
   model = PostCamModel(cfg, rngs=nnx.Rngs(seed))
   new = model_dir.to_numpy_flat(model)
   for key, value in model_dir.to_numpy_flat(backbone).items():
@@ -149,7 +146,8 @@ def init_postcam(wan_dir, output, seed=0, overwrite=False, **variant):
   arch = {k: arch_value(cfg, k) for k in ARCH_FIELDS}
   arch.update({k: v for k, v in variant.items()})
   model_dir.save_model(output, kind="postcam", config=arch, params=new, overwrite=overwrite,
-                         extra={"init_from": os.path.abspath(os.fspath(wan_dir)), "seed": seed})
+                       extra={"init_from": os.path.abspath(os.fspath(wan_dir)), "seed": seed},
+                       inputs=(wan_dir,))
   return cfg
 
 
@@ -176,7 +174,8 @@ def export_add_arguments(parser):
   parser.add_argument("--input", required=True, help="a postcam-jax PostCam model directory")
   parser.add_argument("--output", required=True,
                       help="postcam.ckpt (torch.save of the flat state dict) or .safetensors")
-  parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace an existing file (never the input)")
 
 
 def export_run(args) -> int:
@@ -192,7 +191,9 @@ def init_add_arguments(parser):
   parser.add_argument("--variant", default="query_shared",
                       help="query_shared (the release), kv_sum, separate, plucker_add")
   parser.add_argument("--camera-input", default="rt", choices=("rt", "plucker"))
-  parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace an existing output: only a model directory (one holding "
+                           "model.json) that does not hold the input")
 
 
 def init_run(args) -> int:

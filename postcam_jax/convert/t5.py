@@ -13,7 +13,6 @@ import dataclasses
 import os
 import re
 import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -129,6 +128,8 @@ def convert_t5(input_path, output, fmt="auto", dtype="float32", overwrite=False,
 
   if tokenizer is not None and not os.path.exists(tokenizer):
     raise FileNotFoundError(f"tokenizer {tokenizer} does not exist")
+  tokenizer = tokenizer or find_tokenizer(input_path)
+  model_dir.check_output_dir(output, overwrite, inputs=(input_path, tokenizer))
   source = common.open_source(input_path)
   try:
     fmt = detect_format(source.keys()) if fmt == "auto" else fmt
@@ -138,21 +139,14 @@ def convert_t5(input_path, output, fmt="auto", dtype="float32", overwrite=False,
                                     dtype=np.dtype(common.numpy_dtype(dtype)))
   finally:
     source.close()
-  tokenizer = tokenizer or find_tokenizer(input_path)
-  # The tokenizer is staged beside the output and moved into its staging directory before the
-  # final rename, so a failure at any point leaves no output behind.
-  parent = os.path.dirname(os.path.abspath(output))
-  os.makedirs(parent, exist_ok=True)
-  stage = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tokenizer-", dir=parent)
-  try:
+
+  def prepare(tmp):  # into the output's staging directory: a failure leaves no output behind
     if tokenizer is not None:
-      _copy_tokenizer(tokenizer, os.path.join(stage, TOKENIZER_DIR))
-    files = {TOKENIZER_DIR: os.path.join(stage, TOKENIZER_DIR)} if tokenizer is not None else {}
-    model_dir.save_model(output, kind=KIND, config=cfg.to_dict(), params=params,
-                           overwrite=overwrite, files=files,
-                           extra={"source": str(input_path), "format": fmt, "dtype": dtype})
-  finally:
-    shutil.rmtree(stage, ignore_errors=True)
+      _copy_tokenizer(tokenizer, os.path.join(tmp, TOKENIZER_DIR))
+
+  model_dir.save_model(output, kind=KIND, config=cfg.to_dict(), params=params,
+                       overwrite=overwrite, prepare=prepare, inputs=(input_path, tokenizer),
+                       extra={"source": str(input_path), "format": fmt, "dtype": dtype})
   return cfg
 
 

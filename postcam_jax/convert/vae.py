@@ -190,7 +190,7 @@ def infer_config(source: common.TensorSource, fmt: str):
 def convert_vae(input_path, output, fmt="auto", dtype="float32", overwrite=False):
   """Convert a Wan-VAE checkpoint into ``output``; returns its WanVAEConfig. Writes nothing on
   failure."""
-
+  model_dir.check_output_dir(output, overwrite, inputs=(input_path,))
   source = common.open_source(input_path)
   try:
     fmt = detect_format(source.keys()) if fmt == "auto" else fmt
@@ -199,8 +199,8 @@ def convert_vae(input_path, output, fmt="auto", dtype="float32", overwrite=False
     params = common.convert_tensors(source, rules(vae_table(cfg), fmt), abstract,
                                     dtype=np.dtype(common.numpy_dtype(dtype)))
     model_dir.save_model(output, kind=KIND, config=cfg.to_dict(), params=params,
-                           overwrite=overwrite,
-                           extra={"source": str(input_path), "format": fmt, "dtype": dtype})
+                         overwrite=overwrite, inputs=(input_path,),
+                         extra={"source": str(input_path), "format": fmt, "dtype": dtype})
   finally:
     source.close()
   return cfg

@@ -179,17 +179,19 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 def convert_dit(input_path, output, fmt="auto", dtype="float32", overwrite=False):
   """Convert a Wan2.1 DiT checkpoint; returns the WanConfig. Writes nothing on failure."""
-
+  model_dir.check_output_dir(output, overwrite, inputs=(input_path,))
   source = PrefixStripped(common.open_source(input_path))
   fmt = detect_format(source.keys()) if fmt == "auto" else fmt
-  cfg = WanConfig.from_dict({**infer_wan_config(source, fmt),
-                             "precision": "float32" if dtype == "float32" else "release"})
+  cfg = common.typed_config(WanConfig, {**infer_wan_config(source, fmt),
+                                        "precision": "float32" if dtype == "float32" else
+                                        "release"}, source.description)
   abstract = model_dir.abstract_params(lambda: WanModel(cfg, rngs=nnx.Rngs(0)))
   params = common.convert_tensors(source, rules(WAN_TABLE, fmt), abstract,
                                   dtype=np.dtype(common.numpy_dtype(dtype)))
   arch = {k: v for k, v in cfg.to_dict().items() if k not in ("precision", "remat", "attention")}
   model_dir.save_model(output, kind="wan_dit", config=arch, params=params, overwrite=overwrite,
-                         extra={"source": str(input_path), "format": fmt, "dtype": dtype})
+                       extra={"source": str(input_path), "format": fmt, "dtype": dtype},
+                       inputs=(input_path,))
   return cfg
 
 

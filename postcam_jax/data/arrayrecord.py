@@ -9,10 +9,13 @@ One record per training pair (``pairs.Pair``). Two record kinds, chosen by the b
   first frame, OpenCV axes, metres); ``intrinsics`` float32 [3, 3] at (H, W); ``camera`` float32
   [11, 12] (the model's camera input); ``caption`` text; ids ``scene``, ``source_camera``,
   ``target_camera`` (text), ``start``, ``stride`` (int32).
-* **latent** records (``encoders=LatentEncoders(...)``): the same cameras, intrinsics, caption
-  and ids, plus ``target_latent``, ``source_latent`` [F, h, w, C] from ``encoders.encoder`` (video
-  in [-1, 1] -> latent), ``text_embedding`` [L, D] from ``encoders.text_encoder`` and, when a
-  ``renderer`` is given, ``render_latent``; no pixels. Shapes are declared by the encoders.
+* **latent** records (``encoders=LatentEncoders(...)``, a Python recipe with any callables,
+  e.g. the trainer tests' stand-ins): the same cameras, intrinsics, caption and ids, plus
+  ``target_latent``, ``source_latent`` [F, h, w, C] from ``encoders.encoder`` (video in [-1, 1] ->
+  latent), ``text_embedding`` [L, D] from ``encoders.text_encoder`` and, when a ``renderer`` is
+  given, ``render_latent``; no pixels. Shapes are declared by the encoders. The latent records of
+  the real models, on several processes and resumable, are ``python -m postcam_jax.data.prepare
+  --latents`` (``postcam_jax.data.latents``; same keys, bf16, text without padding).
 
 Both kinds keep the per-frame ``target_w2c`` and the ``intrinsics`` (at H x W = 8 h x 8 w of the
 latents), so the same records serve either camera input of the model: the stored RT ``camera``, or
@@ -23,7 +26,9 @@ Frames are resized/cropped to (H, W) at preparation time with the sampler's own 
 1280x1280 source becomes records of the training resolution. One preparation writes every split of
 ``PairsConfig.splits`` (each from ``<root>/<split>/``, e.g. ``("train", "test")`` for the trainer's
 ``data.split`` and ``data.eval_split``). Read the result without TensorFlow with
-:func:`data_source` (``tfds.builder_from_directory(...).as_data_source``).
+:func:`data_source` (``tfds.builder_from_directory(...).as_data_source``). A directory prepared
+before is reused only if it was made with the same settings (:func:`settings`, compared with its
+``records.MARKER``); otherwise :func:`prepare` names what differs, or rebuilds with ``overwrite``.
 """
 
 import dataclasses
@@ -35,11 +40,11 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from postcam_jax.data import multicam, pairs
+from postcam_jax.data import multicam, pairs, records
 from postcam_jax.geometry import cameras, image_ops
 
-BUILDER_NAME = "multi_cam_pairs"
-VERSION = "1.0.0"
+BUILDER_NAME = records.BUILDER_NAME
+VERSION = records.VERSION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +77,7 @@ class PairsConfig(tfds.core.BuilderConfig):
   encoders: LatentEncoders | None = None
 
 
-def _tensor(shape, dtype):
-  """A Tensor feature stored as raw bytes: TFDS's default (int64/float lists) is ~100x slower."""
-  if not shape:
-    return tfds.features.Tensor(shape=(), dtype=dtype)
-  return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
+_tensor = records.tensor_feature  # raw bytes: TFDS's default (int64/float lists) is ~100x slower
 
 
 def _pixel_features(t: int, h: int, w: int) -> dict:
@@ -247,23 +248,48 @@ def to_latent_example(example: dict, enc: LatentEncoders) -> dict:
 
 def prepared_dir(data_dir: str, name: str) -> str:
   """Where ``prepare`` puts config ``name``'s files under ``data_dir``."""
-  return os.path.join(data_dir, BUILDER_NAME, name, VERSION)
+  return records.prepared_dir(data_dir, name)
 
 
-def prepare(config: PairsConfig, data_dir: str, num_shards: int | None = None) -> MultiCamPairs:
+def _callable_name(fn) -> str | None:
+  if fn is None:
+    return None
+  return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+def settings(config: PairsConfig) -> dict:
+  """What defines a pixel (or Python-recipe latent) preparation's content: the prepared
+  directory's marker (``records.claim``)."""
+  enc = config.encoders
+  return {"kind": "pixel" if enc is None else "latent-python", "root": os.path.abspath(config.root),
+          "splits": list(config.splits), "clip_frames": config.clip_frames,
+          "stride": config.stride, "window_step": config.window_step, "height": config.height,
+          "width": config.width, "pairs_per_scene": config.pairs_per_scene, "seed": config.seed,
+          "num_cameras": config.num_cameras,
+          "encoders": None if enc is None else {
+              "encoder": _callable_name(enc.encoder), "latent_shape": list(enc.latent_shape),
+              "text_encoder": _callable_name(enc.text_encoder),
+              "text_shape": list(enc.text_shape), "renderer": _callable_name(enc.renderer),
+              "render_latent_shape": None if enc.render_latent_shape is None
+              else list(enc.render_latent_shape), "dtype": np.dtype(enc.dtype).name}}
+
+
+def prepare(config: PairsConfig, data_dir: str, num_shards: int | None = None,
+            overwrite: bool = False) -> MultiCamPairs:
   """Build the ArrayRecord files of ``config`` (every split of ``config.splits``) under
-  ``data_dir``; returns the builder. A directory already prepared under the same name is reused
-  as is, so it must hold every requested split (else a ValueError says how to rebuild)."""
+  ``data_dir``; returns the builder. A directory prepared before with the same settings is reused
+  as is; one prepared from another root or with other settings (``settings``) is refused with a
+  ``records.PreparedDirError`` naming every difference, or rebuilt with ``overwrite``."""
+  directory = prepared_dir(data_dir, config.name)
+  wanted = settings(config)
+  state = records.claim(directory, wanted, overwrite)
+  if state == "new" and os.path.isdir(directory):
+    os.rmdir(directory)  # empty (claim says so): TFDS would take it for a prepared dataset
   builder = MultiCamPairs(config=config, data_dir=data_dir)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       num_shards=num_shards, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
-  missing = [s for s in config.splits if s not in builder.info.splits]
-  if missing:
-    raise ValueError(
-        f"{prepared_dir(data_dir, config.name)} was prepared before with the split(s) "
-        f"{sorted(builder.info.splits)}, not {missing}; a prepared directory is reused as is. "
-        f"Prepare every split at once (splits={tuple(config.splits)}) under a new name, or "
-        f"delete that directory first")
+  if state == "new":
+    records.write_marker(directory, wanted)
   return builder
 
 

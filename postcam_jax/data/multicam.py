@@ -3,8 +3,10 @@
 ``scan_dataset(root, split)`` finds and checks scenes (``<root>/<split>/<group>/<scene>/`` with
 ``videos/camXX.mp4`` and ``cameras/camera_extrinsics.json``); each :class:`MultiCamScene` then
 reads one camera's frames (range and stride), its extrinsics as OpenCV camera-to-world in metres
-(via ``postcam_jax.geometry.cameras``), its depth when the scene has ``depth/camXX.npz`` (generated data),
-its caption from ``metadata.csv`` (empty when there is none) and the intrinsics of its focal group.
+(via ``postcam_jax.geometry.cameras``), its depth when the scene has ``depth/camXX.npz``
+(generated data), its caption from ``metadata.csv`` (empty when there is none) and the intrinsics
+of its focal group. ``list_scene_dirs`` lists the scene directories in the same order without
+opening them (the latent preparation checks each scene when it reaches it).
 
 Bad inputs never give a silent wrong sample: an unreadable directory, a missing or malformed
 extrinsics file, cameras missing on either side, a camera count that disagrees with the expected
@@ -218,6 +220,23 @@ def scan_dataset(root: str, split: str = "train", on_error: str = "raise",
     logging.warning("scan_dataset(%s, %s): skipped %d bad scene(s), kept %d", root, split,
                     len(result.skipped), len(result.scenes))
   return result
+
+
+def list_scene_dirs(root: str, split: str = "train") -> list[str]:
+  """Every ``<root>/<split>/<group>/<scene>`` directory, in :func:`scan_dataset`'s order, without
+  opening them (a preparation checks each scene when it reaches it)."""
+  split_dir = os.path.join(root, split)
+  try:
+    groups = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+  except OSError as e:
+    raise DatasetError(f"{split_dir}: cannot list the split directory ({e.strerror})") from e
+  out = []
+  for group in groups:
+    group_dir = os.path.join(split_dir, group)
+    out.extend(os.path.join(group_dir, name)
+               for name in sorted(os.listdir(group_dir), key=_natural_key)
+               if os.path.isdir(os.path.join(group_dir, name)))
+  return out
 
 
 def _fail(result: ScanResult, path: str, error: Exception, on_error: str):

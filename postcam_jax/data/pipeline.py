@@ -3,7 +3,7 @@
 ``make_dataset(config, process_index, process_count)`` returns a ``grain.IterDataset`` of
 per-process batches: ``MapDataset`` over the TFDS data source -> this process's slice
 (``[process_index::process_count]``) -> deterministic shuffle (reshuffled each epoch) -> repeat ->
-named maps ``DecodeRecord``, ``ResampleFrames``, ``ResizeCrop``, ``NormaliseVideo``,
+named maps ``DecodeRecord``, ``ResampleFrames``, ``ResizeCrop``, ``NormaliseVideo``, ``PadText``,
 ``RelativeCamera`` (``PluckerCamera`` with ``camera_input='plucker'``) ->
 ``batch(drop_remainder=True)`` -> ``to_iter_dataset`` -> ``mp_prefetch`` (when
 ``worker_count > 0``). ``make_global_batch`` turns a process batch into global
@@ -32,7 +32,9 @@ start, stride       [B] int32                    first frame and frame step in t
 
 **Latent** records give the same cameras, ``intrinsics``, ``caption`` and ids, plus
 ``target_latent``, ``source_latent`` (and ``render_latent``) [B, F, h, w, C] and
-``text_embedding`` [B, L, D], as the encoders stored them (no resampling or resizing applies).
+``text_embedding`` [B, L, D], as the encoders stored them (no resampling or resizing applies;
+bfloat16 for ``prepare --latents`` records). Records whose text is stored without the padding
+(``prepare --latents``) are padded with zero rows to ``text_len`` (``PadText``) before batching.
 
 ``camera_input`` picks the ``camera`` key's representation, the model's ``PostCamConfig
 .camera_input``: ``"rt"`` (default) the 11 RT tokens [B, 11, 12] (``RelativeCamera``);
@@ -60,7 +62,7 @@ _PER_FRAME_KEYS = ("target_video", "source_video", "source_depth", "source_w2c",
 _TEXT_KEYS = ("caption", "scene", "source_camera", "target_camera")
 CAMERA_INPUTS = ("rt", "plucker")  # PostCamConfig.camera_input
 # ``config.data`` keys the trainer reads (``postcam_jax.training.data``), not the pipeline.
-TRAINER_DATA_KEYS = ("source", "eval_split", "text_len")
+TRAINER_DATA_KEYS = ("source", "eval_split")
 VAE_STRIDE = 8  # Wan-VAE: one latent pixel per 8 x 8 video pixels
 
 
@@ -81,6 +83,7 @@ class DataConfig:
   read_threads: int = 2  # threads that fill the prefetch buffer (per worker)
   prefetch_buffer_size: int = 2  # batches; small, pixel batches are large
   camera_input: str = "rt"  # the ``camera`` key: rt [11, 12] or plucker [N, 24] (see above)
+  text_len: int | None = None  # latent records: text_embedding padded to this length (PadText)
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> "DataConfig":
@@ -142,6 +145,27 @@ class NormaliseVideo(grain.transforms.Map):
   def map(self, element: dict) -> dict:
     return dict(element, **{k: element[k].astype(np.float32) * np.float32(1 / 127.5) - 1.0
                             for k in _VIDEO_KEYS if k in element})
+
+
+@dataclasses.dataclass
+class PadText(grain.transforms.Map):
+  """A latent record's ``text_embedding`` [L, D] (stored without the padding) -> [text_len, D],
+  zero rows after the caption's tokens, as the text encoder's padded positions are."""
+  text_len: int | None
+
+  def map(self, element: dict) -> dict:
+    if self.text_len is None or "text_embedding" not in element:
+      return element
+    text = np.asarray(element["text_embedding"])
+    if text.shape[0] > self.text_len:
+      raise ValueError(f"a record's text_embedding has {text.shape[0]} tokens, more than "
+                       f"data.text_len = {self.text_len}; set --config.data.text_len to the text "
+                       f"encoder's length (512 for umT5)")
+    if text.shape[0] == self.text_len:
+      return element
+    padded = np.zeros((self.text_len,) + text.shape[1:], text.dtype)
+    padded[:text.shape[0]] = text
+    return dict(element, text_embedding=padded)
 
 
 class RelativeCamera(grain.transforms.Map):
@@ -245,6 +269,7 @@ def make_dataset(config: Any, process_index: int | None = None,
         .map(ResampleFrames(config.num_frames))
         .map(ResizeCrop(config.height, config.width))
         .map(NormaliseVideo())
+        .map(PadText(config.text_len))
         .map(camera_map(config.camera_input, (config.height, config.width))))
   ds = ds.batch(local_batch, drop_remainder=True)
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,

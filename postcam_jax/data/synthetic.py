@@ -33,7 +33,9 @@ centre per frame in that same world (metres), for projection checks. Intrinsics 
 group: fx = fy = focal_mm / 23.76 * W, principal point (W/2, H/2), integer pixel coordinates at
 pixel centres.
 
-CLI: ``python -m postcam_jax.data.synthetic --root /tmp/multicam --num_scenes 2``.
+CLI: ``python -m postcam_jax.data.synthetic --root /tmp/multicam --num_scenes 2``. Each scene
+folder appears whole (built beside its place and renamed); an existing scene is replaced only
+with ``--overwrite`` and only if it is a generated one (it holds ``scene.json``).
 """
 
 import argparse
@@ -41,11 +43,13 @@ import csv
 import dataclasses
 import json
 import os
+import sys
 import time
 from concurrent import futures
 
 import numpy as np
 
+from postcam_jax.core import atomic, cli
 from postcam_jax.data import _raycast, multicam
 from postcam_jax.geometry import cameras
 from postcam_jax.io import video
@@ -347,11 +351,22 @@ def render_scene_camera(config: GeneratorConfig, spec: SceneSpec,
                        config.width, config.fps, config.supersample)
 
 
-def generate_scene(config: GeneratorConfig, index: int) -> list[tuple[str, str]]:
-  """Render and write scene ``index``; returns its (file_name, caption) metadata rows."""
+SCENE_MARKER = "scene.json"  # what makes a folder a generated scene (replaceable with overwrite)
+
+
+def generate_scene(config: GeneratorConfig, index: int,
+                   overwrite: bool = True) -> list[tuple[str, str]]:
+  """Render and write scene ``index`` (atomically: the folder appears whole; an existing one is
+  replaced only with ``overwrite`` and only if it is a generated scene); returns its
+  (file_name, caption) metadata rows."""
   spec = build_scene(config, index)
+  with atomic.AtomicDirectory(os.path.join(config.root, config.split, spec.group, spec.name),
+                              overwrite, marker=SCENE_MARKER) as scene_dir:
+    return _write_scene(config, index, spec, scene_dir)
+
+
+def _write_scene(config: GeneratorConfig, index: int, spec, scene_dir: str):
   group, name, scene = spec.group, spec.name, spec.scene
-  scene_dir = os.path.join(config.root, config.split, group, name)
   extrinsics, rows, described = {}, [], scene.describe()
   for cam, kind in spec.kinds.items():
     frames, depth = render_scene_camera(config, spec, cam)
@@ -376,7 +391,7 @@ def generate_scene(config: GeneratorConfig, index: int) -> list[tuple[str, str]]
                  "trajectories": spec.kinds, "caption": described,
                  "marker": {"rgb": list(MARKER_RGB), "radius_m": MARKER_RADIUS_M,
                             "centre_m": marker}}
-  with open(os.path.join(scene_dir, "scene.json"), "w") as f:
+  with open(os.path.join(scene_dir, SCENE_MARKER), "w") as f:
     json.dump(description, f, indent=1)
   return rows
 
@@ -395,15 +410,23 @@ def _camera_phrase(kind: str) -> str:
           "polyline": "drifts on a smooth curve"}[kind]
 
 
-def generate(config: GeneratorConfig) -> list[str]:
-  """Write ``config.num_scenes`` scenes and ``metadata.csv``; returns the scene directories."""
+def scene_dirs(config: GeneratorConfig) -> list[str]:
+  return [os.path.join(config.root, config.split, *scene_location(i))
+          for i in range(config.num_scenes)]
+
+
+def generate(config: GeneratorConfig, overwrite: bool = True) -> list[str]:
+  """Write ``config.num_scenes`` scenes and ``metadata.csv``; returns the scene directories.
+  ``overwrite``: replace scenes generated before (a folder without ``scene.json`` never)."""
   indices = range(config.num_scenes)
   if config.workers > 1:
     with futures.ProcessPoolExecutor(config.workers) as pool:
-      all_rows = list(pool.map(generate_scene, [config] * len(indices), indices))
+      all_rows = list(pool.map(generate_scene, [config] * len(indices), indices,
+                               [overwrite] * len(indices)))
   else:
-    all_rows = [generate_scene(config, i) for i in indices]
-  with open(os.path.join(config.root, config.split, "metadata.csv"), "w", newline="") as f:
+    all_rows = [generate_scene(config, i, overwrite) for i in indices]
+  with (atomic.atomic_file(os.path.join(config.root, config.split, "metadata.csv")) as tmp,
+        open(tmp, "w", newline="") as f):
     writer = csv.writer(f)
     writer.writerow(["file_name", "text"])
     for rows in all_rows:
@@ -418,12 +441,27 @@ def main(argv=None):
   for field in dataclasses.fields(GeneratorConfig):
     parser.add_argument(f"--{field.name}", type=type(getattr(defaults, field.name)),
                         default=getattr(defaults, field.name))
-  config = GeneratorConfig(**vars(parser.parse_args(argv)))
-  start = time.time()
-  scenes = generate(config)
-  print(f"wrote {len(scenes)} scenes x {config.num_cameras} cameras x {config.num_frames} frames "
-        f"at {config.height}x{config.width} under {config.root} in {time.time() - start:.1f} s")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace scenes generated before (never other folders)")
+  args = vars(parser.parse_args(argv))
+  overwrite = args.pop("overwrite")
+
+  def go() -> int:
+    try:
+      config = GeneratorConfig(**args)
+    except ValueError as e:  # a value the generator cannot use: the message names it
+      raise cli.UsageError(str(e)) from None
+    for scene in scene_dirs(config):  # before any rendering: every scene can be written
+      atomic.check_output(scene, overwrite=overwrite, marker=SCENE_MARKER)
+    start = time.time()
+    scenes = generate(config, overwrite)
+    print(f"wrote {len(scenes)} scenes x {config.num_cameras} cameras x {config.num_frames} "
+          f"frames at {config.height}x{config.width} under {config.root} in "
+          f"{time.time() - start:.1f} s")
+    return 0
+
+  return cli.run(go, (cli.UsageError, atomic.OutputError))
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -19,17 +19,20 @@ the text files of the release's intermediate folder (``intrinsic.txt``, ``extrin
 ``frame_bboxes.txt``) to compare with a run of the release. The output appears whole or not at
 all: it is built beside OUT and renamed at the end. ``--mesh data=2,fsdp=2`` (or ``auto``) spreads
 the frames over the devices. Bad input (an unreadable or too-short video, a folder that is not a
-DA3 model, an output path that is a file) prints one line and exits with status 2.
+DA3 model, an output path that is a file or lies under one, an existing folder without
+``--overwrite``, or with it one that this project did not write or that holds the video or the
+model) prints one line and exits with status 2; SIGTERM or Ctrl-C leaves no partial folder.
 """
 
 import argparse
 import os
-import sys
 
 import numpy as np
 
-from postcam_jax.depth import release
-from postcam_jax.io import video
+from postcam_jax import parallel
+from postcam_jax.core import atomic, cli
+from postcam_jax.depth import estimate, release
+from postcam_jax.io import model_dir, video
 
 MIN_FRAMES = 2  # poses are relative between views: one frame has no camera motion to estimate
 # The release's DA3 call (depth/depth_predict_da3.py): only use_ray_pose is passed, the rest are
@@ -50,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--video", required=True, help="source video (mp4)")
   p.add_argument("--out", required=True,
                  help="output folder in the release's depth layout (e.g. vggt/<video stem>)")
-  p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an existing output folder (only one this project wrote)")
   p.add_argument("--da3-tmp", default=None, metavar="DIR",
                  help="also write the release's intermediate text files (intrinsic.txt, "
                       "extrinsic.txt, frame_bboxes.txt) to DIR")
@@ -72,7 +76,6 @@ def check_model_dir(path) -> str:
           f"DA3_DIR --output {path}")
   if not os.path.isdir(path):
     raise DepthCliError(f"DA3 model {path}: no such folder; {hint}")
-  from postcam_jax.io import model_dir  # pylint: disable=import-outside-toplevel
   try:
     meta = model_dir.read_model_json(path)
   except FileNotFoundError:
@@ -119,7 +122,6 @@ def read_release_frames(path, max_frames: int = release.MAX_FRAMES) -> np.ndarra
 
 def estimate_release_depth(model, frames: np.ndarray, *, mesh=None) -> release.ReleaseDepth:
   """DA3 on ``frames`` with the release's arguments, then the release's post-processing."""
-  from postcam_jax.depth import estimate  # pylint: disable=import-outside-toplevel
   try:
     prediction = estimate.estimate(model, frames, mesh=mesh, **RELEASE_ESTIMATE_ARGS)
   except ValueError as e:  # e.g. a nested model that sees no ground to set its scale
@@ -131,7 +133,6 @@ def estimate_release_depth(model, frames: np.ndarray, *, mesh=None) -> release.R
 def make_mesh(spec: str | None):
   if not spec:
     return None
-  from postcam_jax import parallel  # pylint: disable=import-outside-toplevel
   try:
     return parallel.make_mesh("" if spec == "auto" else spec)
   except ValueError as e:
@@ -139,15 +140,15 @@ def make_mesh(spec: str | None):
 
 
 def load_model(path, mesh=None):
-  from postcam_jax.io import model_dir  # pylint: disable=import-outside-toplevel
   return model_dir.load_da3(path, mesh=mesh)
 
 
 def run(args) -> list[str]:
   """Check every argument, estimate, write; returns the written folders."""
-  release.check_output_path(args.out, args.overwrite)
+  inputs = (args.video, args.model)  # what --overwrite must never delete
+  release.check_output_path(args.out, args.overwrite, inputs)
   if args.da3_tmp is not None:
-    release.check_output_path(args.da3_tmp, args.overwrite)
+    release.check_output_path(args.da3_tmp, args.overwrite, inputs)
     if os.path.abspath(args.da3_tmp) == os.path.abspath(args.out):
       raise DepthCliError("--da3-tmp must be another folder than --out")
   check_model_dir(args.model)
@@ -156,20 +157,21 @@ def run(args) -> list[str]:
   model = load_model(args.model, mesh)
   result = estimate_release_depth(model, frames, mesh=mesh)
   written = [release.write_release_folder(args.out, result, frames, overwrite=args.overwrite,
-                                          progress=not args.no_progress)]
+                                          progress=not args.no_progress, inputs=inputs)]
   if args.da3_tmp is not None:
     written.append(release.write_da3_tmp(args.da3_tmp, result, overwrite=args.overwrite,
-                                         progress=not args.no_progress))
+                                         progress=not args.no_progress, inputs=inputs))
   return written
 
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  try:
-    written = run(args)
-  except (DepthCliError, release.ReleaseFolderError, OSError) as e:  # OSError: unwritable output
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  for path in written:
-    print(path)
-  return 0
+
+  def go() -> int:
+    for path in run(args):
+      print(path)
+    return 0
+
+  # A bad input or output is one line (exit 2); anything else is a bug and keeps its traceback.
+  return cli.run(go, (DepthCliError, release.ReleaseFolderError, atomic.OutputError,
+                      model_dir.ModelDirError))

@@ -21,6 +21,7 @@ reproducible across frameworks); here they are exact quantiles over all values, 
 same below 100,000 values and deterministic above.
 """
 
+import contextlib
 import dataclasses
 
 import jax
@@ -29,6 +30,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from postcam_jax import parallel
 from postcam_jax.depth import preprocess
 from postcam_jax.models.da3 import frames as frames_lib
 from postcam_jax.models.da3.reference_view import STRATEGIES
@@ -55,26 +57,17 @@ def forward(model, images: np.ndarray, *, ref_view_strategy: str = "saddle_balan
   """The network on preprocessed float32 images [N, h, w, 3]: numpy outputs with the batch axis
   dropped (one video)."""
   n = images.shape[0]
-  ctx = jax.set_mesh(mesh) if mesh is not None else _null()
-  with ctx:
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     devices = frames_lib.frame_devices(mesh)
     padded = -(-n // devices) * devices
     x = np.pad(images, ((0, padded - n), (0, 0), (0, 0), (0, 0)))[None]
     if mesh is not None:
       axes = frames_lib.frame_axes(mesh)
       spec = P(None, axes if len(axes) > 1 else (axes[0] if axes else None))
-      x = jax.device_put(x, NamedSharding(mesh, spec))
+      x = parallel.put_global(x, NamedSharding(mesh, spec))  # each host builds its shards
     out = _forward(model, x, n, ref_view_strategy)
     return {k: np.asarray(jax.device_get(v))[0] if np.ndim(v) > 0 else np.asarray(v)
             for k, v in out.items()}
-
-
-class _null:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
 
 
 def estimate(model, frames: np.ndarray, *, process_res: int = 504,

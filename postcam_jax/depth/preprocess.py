@@ -7,8 +7,12 @@ side to its nearest multiple of 14 (ties up), ``INTER_CUBIC`` if either side gro
 ``INTER_AREA``; ``lower_bound_resize`` uses the shortest side; the ``*_crop`` methods centre-crop
 to multiples of 14 instead. Then ``ToTensor`` (/255) and ImageNet normalisation, in float32.
 
-The resizes reproduce OpenCV 4.x on uint8 images bit for bit (checked against opencv-python-headless
-4.11 in the tests):
+The resizes reproduce OpenCV 4.x's own kernels on uint8 images bit for bit (checked against
+opencv-python-headless 4.11 in the tests). One caveat: OpenCV's x86 wheels hand ``INTER_CUBIC`` on
+uint8 to Intel IPP when it is enabled (the default), and IPP's closed, CPU-dispatched cubic differs
+from OpenCV's own by one grey level on ~1-2% of the values; the release ran with it (on
+test1.mp4 this moves the depth by ~4e-4 relative, docs/performance.md). ``INTER_AREA`` never uses
+IPP. The kernels reproduced:
 
 - INTER_AREA, shrinking: the float32 area-weight tables and accumulation order of
   ``resizeArea_``, or for integer factors ``resizeAreaFast_`` (2x2: ``(sum + 2) >> 2``; others:

@@ -40,21 +40,22 @@ Every resize here is a numpy transcription of what OpenCV 4.11 computes (no Open
 nearest-neighbour indices floor(i * (1 / (dst / src))) in double (not floor(i * src / dst), which
 differs at some i), and INTER_AREA for uint8 images (integer-factor block means, the general
 area-weighted float32 sums, and the fixed-point bilinear variant OpenCV uses when enlarging).
-Writes are atomic: the folder is built beside the target and renamed into place at the end.
+Writes are atomic (``postcam_jax.core.atomic``): the folder is built beside the target and renamed
+into place at the end, and holds a marker file (``.postcam-jax``) besides the release's files, so
+that ``overwrite`` replaces only a folder this project wrote.
 """
 
-import contextlib
 import dataclasses
 import math
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
+
+from postcam_jax.core import atomic
 
 RELEASE_HW = (480, 832)  # the release's DA3 config: fix_resize_height, fix_resize_width
 MAX_FRAMES = 1000        # the release's DA3 config: num_frames (frames read from the video)
@@ -428,37 +429,14 @@ def postprocess(depth: np.ndarray, extrinsics: np.ndarray, intrinsics: np.ndarra
                       model_intrinsics=intrinsics, hw=tuple(hw))
 
 
-def check_output_path(out, overwrite: bool = False) -> str:
-  """The absolute output folder, or one clear error when it is a file or exists."""
-  out = os.path.abspath(os.fspath(out))
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ReleaseFolderError(f"output {out} is a file, not a folder")
-  if os.path.exists(out) and not overwrite:
-    raise ReleaseFolderError(f"output {out} exists; pass --overwrite to replace it")
-  return out
-
-
-@contextlib.contextmanager
-def staged_folder(out, overwrite: bool = False):
-  """``with staged_folder(out) as tmp:`` build the folder in ``tmp`` (beside ``out``); it is renamed
-  to ``out`` on success (an existing ``out`` replaced with ``overwrite``) and removed on failure."""
-  out = check_output_path(out, overwrite)
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
+def check_output_path(out, overwrite: bool = False, inputs=()) -> str:
+  """The absolute output folder, or one clear error: it is a file, lies under one, cannot be
+  written, or exists (without ``overwrite``; with it, when this project did not make it or it
+  holds one of ``inputs``): ``core.atomic.check_output``."""
   try:
-    yield staging
-    check_output_path(out, overwrite)  # nothing appeared there meanwhile
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
-  old = None
-  if os.path.exists(out):
-    old = staging + ".replaced"
-    os.replace(out, old)
-  os.replace(staging, out)
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)
+    return atomic.check_output(out, overwrite=overwrite, inputs=inputs)
+  except atomic.OutputError as e:
+    raise ReleaseFolderError(str(e)) from None
 
 
 def _write_text(path: str, text: str):
@@ -467,13 +445,15 @@ def _write_text(path: str, text: str):
 
 
 def write_release_folder(out, result: ReleaseDepth, frames: np.ndarray | None = None, *,
-                         overwrite: bool = False, progress: bool = True) -> str:
+                         overwrite: bool = False, progress: bool = True, inputs=()) -> str:
   """Write the release's depth folder (module doc) atomically; ``frames`` uint8 [N, H, W, 3] RGB
-  (the decoded video) gives ``images/``, None leaves it out. Returns the folder's path."""
+  (the decoded video) gives ``images/``, None leaves it out. ``inputs``: the paths the run read
+  (a replaced folder must not hold them). Returns the folder's path."""
   if frames is not None and len(frames) != result.num_frames:
     raise ReleaseFolderError(f"{len(frames)} frames for {result.num_frames} depth maps; the "
                              f"release writes one image per depth map")
-  with staged_folder(out, overwrite) as tmp:
+  check_output_path(out, overwrite, inputs)
+  with atomic.AtomicDirectory(out, overwrite, inputs=inputs) as tmp:
     os.makedirs(os.path.join(tmp, "depth"))
     if frames is not None:
       os.makedirs(os.path.join(tmp, "images"))
@@ -490,11 +470,12 @@ def write_release_folder(out, result: ReleaseDepth, frames: np.ndarray | None = 
 
 
 def write_da3_tmp(out, result: ReleaseDepth, *, overwrite: bool = False,
-                  progress: bool = False) -> str:
+                  progress: bool = False, inputs=()) -> str:
   """The text files of the release's intermediate ``<out>_da3_tmp/`` (``intrinsic.txt``,
   ``extrinsic.txt``, ``frame_bboxes.txt``), atomically; its depth PNGs, frames and point clouds
   are not written (module doc)."""
-  with staged_folder(out, overwrite) as tmp:
+  check_output_path(out, overwrite, inputs)
+  with atomic.AtomicDirectory(out, overwrite, inputs=inputs) as tmp:
     for name, lines in (("intrinsic.txt", result.intrinsic_lines()),
                         ("extrinsic.txt", result.extrinsic_lines()),
                         ("frame_bboxes.txt", result.bbox_lines(progress))):

@@ -7,7 +7,9 @@ Per (video, trajectory) it writes ``<stem>_source_video.mp4``, ``<stem>_render_v
 ``<stem>_pred_video.mp4`` (41 frames, 15 fps, pixels trunc(clip((x + 1) 127.5))) and
 ``<stem>_contact_sheet.png`` (rows: source, render, prediction); ``--save-arrays`` adds
 ``<stem>_arrays.npz`` (float32 ``pred`` [41, H, W, 3] in [-1, 1], ``pred_latent`` [F, h, w, 16],
-``render`` [41, H, W, 3], bool ``holes`` [41, H, W]: the numbers behind the mp4s). With several
+``render`` [41, H, W, 3], bool ``holes`` [41, H, W]: the numbers behind the mp4s; and the cameras
+``target_w2c``, ``source_w2c`` [41, 4, 4], ``intrinsics`` [41, 3, 3] float32 and the ``trajectory``
+name, which ``python -m postcam_jax.evaluate`` measures the camera against). With several
 ``--trajectory`` values each trajectory's files go to ``OUT/results_<checkpoint>_<trajectory>/``
 (the release's folder name); with one, straight into OUT.
 
@@ -34,9 +36,14 @@ encode of the source and the render -> text states -> the denoising loop of
 ``postcam_jax.inference.sampling`` (release defaults: Euler, 50 steps, shift 5, CFG 5 on the text, Wan's
 Chinese negative prompt) -> VAE decode.
 
-Every input is checked before any model is loaded, and files are written to a staging folder that
-is moved into place only when every video is done: a failure prints one message and leaves no
-output file. Several videos/trajectories reuse one compiled denoising step (same shapes).
+Every input is checked before any model is loaded (``postcam_jax.inference.checks``: depth
+folders numbered 0..T-1 with T the video's frame count and every PNG decodable, trajectories,
+prompt embeddings, model directories, output paths, two inputs that would write one file), and
+files are written to a staging folder that is moved into place only when every video is done: a
+failure, SIGTERM or Ctrl-C prints one line and leaves no output file. Files of ``--out`` that the
+run would write again are replaced only with ``--overwrite``, and never a file the run reads.
+A non-finite weight in a model directory is refused at load, naming it. Several
+videos/trajectories reuse one compiled denoising step (same shapes).
 ``--mesh data=2,fsdp=4`` shards the DiT and the CFG batch over the devices
 (``postcam_jax.parallel``); without it everything runs on one device. The same command runs on
 CPU, GPU or TPU. On several hosts (a pod slice) the same command runs on every host: the
@@ -53,9 +60,7 @@ with ``--text-encoder``, or guidance must be 1).
 import argparse
 import contextlib
 import os
-import shutil
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -65,10 +70,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from postcam_jax import parallel
+from postcam_jax.core import atomic, cli
 from postcam_jax.depth import cli as depth_cli
 from postcam_jax.depth import release as depth_release
 from postcam_jax.geometry import render, trajectories
-from postcam_jax.inference import inputs, sampling
+from postcam_jax.inference import checks, inputs, sampling
+from postcam_jax.inference.checks import SampleError, output_folder, parse_size
 from postcam_jax.io import model_dir, video
 from postcam_jax.parallel import distributed
 
@@ -79,12 +86,11 @@ RELEASE_NEGATIVE_PROMPT = (
     "毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
 OUTPUT_FPS = 15          # the release writes 15 fps whatever the input's rate
 OUTPUT_CRF = 25          # imageio quality 5 -> libx264 crf int((1 - 5/10) 51) = 25
-SIZE_MULTIPLE = 32       # 4x render downsample, then the VAE's 8x
 CONTACT_COLUMNS = 6
-
-
-class SampleError(ValueError):
-  """A CLI input that cannot work; the message says what was expected and what was given."""
+# A bad input is one line (exit 2); anything else is a bug and keeps its traceback.
+USER_ERRORS = (SampleError, inputs.InputError, video.VideoReadError, atomic.OutputError,
+               model_dir.ModelDirError, depth_release.ReleaseFolderError,
+               depth_cli.DepthCliError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--prompt-embeds", default=None,
                  help=".npz with 'context' [L, text_dim] and optional 'negative_context'; "
                       "skips the text encoder for the prompt")
-  p.add_argument("--out", required=True, help="output folder")
+  p.add_argument("--out", required=True,
+                 help="output folder (created if needed; other files in it are kept)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace files of --out that this run writes again (never an input); "
+                      "without it an existing one is an error")
   p.add_argument("--steps", type=int, default=50)
   p.add_argument("--guidance", type=float, default=5.0)
   p.add_argument("--shift", type=float, default=5.0)
@@ -136,92 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   p.add_argument("--save-arrays", action="store_true",
                  help="also write <stem>_arrays.npz: pred, pred_latent, render (float32), "
-                      "holes (bool)")
+                      "holes (bool), and the cameras (target_w2c, source_w2c, intrinsics, "
+                      "trajectory) for python -m postcam_jax.evaluate")
   distributed.add_arguments(p)
   return p
-
-
-def parse_size(text: str) -> tuple[int, int]:
-  parts = text.lower().split("x")
-  if len(parts) != 2 or not all(p.isdigit() for p in parts):
-    raise SampleError(f"--size must be HxW (e.g. 480x832), got {text!r}")
-  h, w = int(parts[0]), int(parts[1])
-  if h <= 0 or w <= 0 or h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-    raise SampleError(f"--size {h}x{w}: height and width must be positive multiples of "
-                      f"{SIZE_MULTIPLE} (the render is downsampled 4x, then the VAE 8x)")
-  return h, w
-
-
-def validate(args) -> tuple[list[tuple[str, str | None]], list[str]]:
-  """Cheap checks of every argument; returns the (video, depth) pairs and the prompts."""
-  parse_size(args.size)
-  if args.num_frames < 1 or (args.num_frames - 1) % 4:
-    raise SampleError(f"--num-frames must be 4k+1 (the VAE's temporal compression: 41 for the "
-                      f"release), got {args.num_frames}")
-  if args.steps < 1:
-    raise SampleError(f"--steps must be >= 1, got {args.steps}")
-  if args.depth is None and args.depth_model is None:
-    raise SampleError("missing depth: provide --depth DIR in the release's layout (depth/*.png "
-                      "16-bit, metadata.txt, extrinsics.txt, intrinsics.txt, as its depth step "
-                      "writes) or --depth file.npz (depth [N, H, W], intrinsics [3, 3], "
-                      "extrinsics [N, 3, 4] world-to-camera, OpenCV axes; a synthetic scene's "
-                      "depth/camXX.npz is one), or --depth-model DIR to estimate it")
-  if args.depth_model is not None:
-    check_depth_model_args(args)
-    depths = [None] * len(args.video)
-  else:
-    depths = args.depth
-  if args.save_depth is not None and args.depth_model is None:
-    raise SampleError("--save-depth keeps the depth that --depth-model estimates; add "
-                      "--depth-model DIR (or drop --save-depth)")
-  if args.depth is not None and len(args.depth) != len(args.video):
-    raise SampleError(f"--depth needs one entry per --video: {len(args.video)} videos, "
-                      f"{len(args.depth)} depth entries")
-  for video_path in args.video:
-    if not os.path.isfile(video_path):
-      raise SampleError(f"unreadable video: {video_path} does not exist")
-  for depth_path in args.depth or []:
-    if not (os.path.isdir(depth_path) or (depth_path.endswith(".npz")
-                                          and os.path.isfile(depth_path))):
-      raise SampleError(f"missing depth: {depth_path} is neither a depth folder nor an existing "
-                        f".npz; provide --depth DIR in the release's layout or --depth file.npz")
-  for spec in args.trajectory:  # names and files, before any video is decoded
-    trajectories.load_trajectory(spec, args.num_frames, d_min=1.0,
-                                 radius_ratio=args.radius_ratio)
-  if args.prompt_embeds is None:
-    if not args.prompt:
-      raise SampleError("give --prompt (one, or one per video) or --prompt-embeds FILE.npz")
-    if args.text_encoder is None:
-      raise SampleError("--prompt needs --text-encoder DIR (or pass --prompt-embeds FILE.npz)")
-  elif not os.path.isfile(args.prompt_embeds):
-    raise SampleError(f"--prompt-embeds {args.prompt_embeds} does not exist")
-  prompts = args.prompt or [""]
-  if len(prompts) not in (1, len(args.video)):
-    raise SampleError(f"--prompt needs 1 or {len(args.video)} values (one per video), got "
-                      f"{len(prompts)}")
-  prompts = prompts * len(args.video) if len(prompts) == 1 else prompts
-  return list(zip(args.video, depths)), prompts
-
-
-def check_depth_model_args(args):
-  """--depth-model and --save-depth: a DA3 model directory, one fresh folder per video."""
-  if args.depth is not None:
-    raise SampleError("give --depth (depth folders or .npz files) or --depth-model (estimate "
-                      "them), not both")
-  depth_cli.check_model_dir(args.depth_model)
-  if args.save_depth is None:
-    return
-  if len(args.save_depth) != len(args.video):
-    raise SampleError(f"--save-depth needs one folder per --video: {len(args.video)} videos, "
-                      f"{len(args.save_depth)} folders")
-  targets = [os.path.abspath(t) for t in args.save_depth]
-  if len(set(targets)) != len(targets):
-    raise SampleError("--save-depth names the same folder twice")
-  for target in targets:
-    if os.path.exists(target):
-      kind = "a folder" if os.path.isdir(target) else "a file"
-      raise SampleError(f"--save-depth {target} exists ({kind}); pass it as --depth to reuse "
-                        f"it, or choose a new folder")
 
 
 def load_pair(args, video_path, depth_path, trajectory):
@@ -243,29 +171,6 @@ def check_inputs(args, pairs):
                                    args.radius_ratio)
     first = prepared if first is None else first
   return first
-
-
-def read_prompt_embeds(path: str, text_dim: int):
-  """(context [1, L, D], negative [1, L, D] or None) from a --prompt-embeds file."""
-  try:
-    data = np.load(path)
-  except (OSError, ValueError) as e:
-    raise SampleError(f"--prompt-embeds {path}: not a readable .npz ({e})") from e
-  if "context" not in data:
-    raise SampleError(f"--prompt-embeds {path}: needs an array 'context' [L, {text_dim}]; has "
-                      f"{sorted(data.files)}")
-  out = []
-  for key in ("context", "negative_context"):
-    if key not in data:
-      out.append(None)
-      continue
-    a = np.asarray(data[key], np.float32)
-    a = a[None] if a.ndim == 2 else a
-    if a.ndim != 3 or a.shape[0] != 1 or a.shape[-1] != text_dim:
-      raise SampleError(f"--prompt-embeds {path}: '{key}' must be [L, {text_dim}] (the "
-                        f"checkpoint's text_dim), got {tuple(data[key].shape)}")
-    out.append(a)
-  return out[0], out[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +247,11 @@ class Pipeline:
           solver=args.solver, progress=progress)
       decoded = self.vae.decode(latent.astype(self.vae.dtype), tile=args.decode_tile)
     arrays = {"pred": _host(decoded)[0], "pred_latent": _host(latent)[0],
-              "render": _host(warped), "holes": _host(holes, bool)}
+              "render": _host(warped), "holes": _host(holes, bool),
+              "target_w2c": np.asarray(pair.target_w2c, np.float32),
+              "source_w2c": np.asarray(pair.source_w2c, np.float32),
+              "intrinsics": np.asarray(pair.intrinsics, np.float32),
+              "trajectory": np.asarray(pair.trajectory)}
     source = np.asarray(pair.frames, np.float32).astype(jnp.bfloat16).astype(np.float32)
     videos = (to_uint8(source), to_uint8(arrays["render"]), to_uint8(arrays["pred"]))
     return videos, arrays
@@ -360,15 +269,6 @@ def _host(x, dtype=np.float32) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Main.
 
-def output_folder(args, trajectory: str) -> str:
-  if len(args.trajectory) == 1:
-    return ""
-  ckpt = os.path.basename(os.path.normpath(args.checkpoint))
-  stem = os.path.splitext(os.path.basename(trajectory.split(":")[0]))[0]
-  suffix = trajectory.rpartition(":")[2] if ":" in trajectory else ""
-  return f"results_{ckpt}_{stem}{suffix}"
-
-
 def write_outputs(folder, stem, source, rendered, predicted, arrays=None):
   """The three mp4s (15 fps, the release's crf) and the contact sheet of one sample; with
   ``arrays``, also ``<stem>_arrays.npz``."""
@@ -382,33 +282,22 @@ def write_outputs(folder, stem, source, rendered, predicted, arrays=None):
     np.savez(os.path.join(folder, f"{stem}_arrays.npz"), **arrays)
 
 
-def publish(staging: str, out: str):
-  """Move every staged file into ``out`` (created if needed)."""
-  for root, _, files in os.walk(staging):
-    rel = os.path.relpath(root, staging)
-    dest = os.path.normpath(os.path.join(out, rel))
-    os.makedirs(dest, exist_ok=True)
-    for f in files:
-      os.replace(os.path.join(root, f), os.path.join(dest, f))
-
-
 def run(args) -> list[str]:
   """Validate, sample every (video, trajectory), write the outputs; returns the written paths."""
-  pairs, prompts = validate(args)
+  try:  # the checks read only the user's inputs: any ValueError there is about one of them
+    plan = checks.validate(args)
+  except SampleError:
+    raise
+  except (ValueError, FileNotFoundError) as e:
+    raise SampleError(str(e)) from e
   if args.depth_model is not None:
-    return run_with_estimated_depth(args, pairs, prompts)
-  return sample_all(args, pairs, prompts)
+    return run_with_estimated_depth(args, plan)
+  return sample_all(args, plan)
 
 
 def estimate_depth_folders(args, videos: list[str], holders: list[str]) -> list[str]:
   """Each video's depth folder as ``python -m postcam_jax.depth`` writes it, made with
   ``--depth-model`` into ``holders[i]/depth`` (with ``images/`` where it is to be kept)."""
-  for path in videos:
-    count = video.video_info(path)["num_frames"]
-    if count > depth_release.MAX_FRAMES:
-      raise SampleError(f"{path}: {count} frames, but the release's depth step estimates at most "
-                        f"{depth_release.MAX_FRAMES}, so its depth cannot cover the clip; cut "
-                        f"it or give --depth")
   mesh = depth_cli.make_mesh(args.mesh)
   model = depth_cli.load_model(args.depth_model, mesh)
   folders = []
@@ -422,50 +311,43 @@ def estimate_depth_folders(args, videos: list[str], holders: list[str]) -> list[
   return folders
 
 
-def run_with_estimated_depth(args, pairs, prompts) -> list[str]:
+def run_with_estimated_depth(args, plan) -> list[str]:
   """--depth-model: estimate every video's depth folder, sample with them as --depth folders,
   then move the --save-depth ones into place (only when everything succeeded)."""
-  videos = [v for v, _ in pairs]
+  videos = [v for v, _ in plan.pairs]
   targets = args.save_depth or [None] * len(videos)
-  holders = []
-  try:
-    for target in targets:
-      near = os.path.dirname(os.path.abspath(target or args.out))  # renames stay on one disk
-      os.makedirs(near, exist_ok=True)
-      holders.append(tempfile.mkdtemp(prefix=".postcam-depth-", dir=near))
+  with contextlib.ExitStack() as stack:  # removed on any exit, SIGTERM and Ctrl-C included
+    holders = [stack.enter_context(atomic.scratch_dir(target or args.out)) for target in targets]
     folders = estimate_depth_folders(args, videos, holders)
-    written = sample_all(args, list(zip(videos, folders)), prompts)
+    written = sample_all(args, checks.Plan(list(zip(videos, folders)), plan.prompts,
+                                           plan.context, plan.negative, plan.outputs,
+                                           plan.inputs))
     if jax.process_index() == 0:
       for folder, target in zip(folders, targets):
         if target is not None:
-          os.replace(folder, depth_release.check_output_path(target))
-          written.append(os.path.abspath(target))
+          target = depth_release.check_output_path(target)
+          os.replace(folder, target)
+          written.append(target)
     return written
-  finally:
-    for holder in holders:
-      shutil.rmtree(holder, ignore_errors=True)
 
 
-def sample_all(args, pairs, prompts) -> list[str]:
+def sample_all(args, plan) -> list[str]:
   """Sample every (video, depth) pair along every trajectory and publish the outputs."""
-  first = check_inputs(args, pairs)
+  try:  # decoding every video with its depth and trajectories: still only the user's inputs
+    first = check_inputs(args, plan.pairs)
+  except (ValueError, FileNotFoundError) as e:
+    if isinstance(e, USER_ERRORS):
+      raise
+    raise SampleError(str(e)) from e
   pipe = Pipeline(args)
-  context = negative = None
-  if args.prompt_embeds is not None:
-    context, negative = read_prompt_embeds(args.prompt_embeds, pipe.cfg.text_dim)
+  context, negative = plan.context, plan.negative
   guided = args.guidance != 1.0
   if guided and negative is None:
-    if pipe.text is None:
-      raise SampleError("--prompt-embeds has no 'negative_context' and no --text-encoder is "
-                        "given to encode the negative prompt; add one, or --guidance 1")
     negative = pipe.encode_prompt(args.negative_prompt)
-
-  parent = os.path.dirname(os.path.abspath(args.out))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(args.out))}.partial-",
-                             dir=parent)
-  try:
-    for (video_path, depth_path), prompt in zip(pairs, prompts):
+  # Staged beside --out, published file by file when every sample is done; nothing on failure.
+  files = atomic.AtomicFiles(args.out, args.overwrite, inputs=plan.inputs)
+  with files as staging:
+    for (video_path, depth_path), prompt in zip(plan.pairs, plan.prompts):
       ctx = context if context is not None else pipe.encode_prompt(prompt)
       for trajectory in args.trajectory:
         # The loop starts with the first video and trajectory: check_inputs prepared it.
@@ -473,20 +355,17 @@ def sample_all(args, pairs, prompts) -> list[str]:
                                                          trajectory)
         first = None
         bar = _progress(args, f"{pair.name} {pair.trajectory}")
-        videos, arrays = pipe.run(
-            pair, ctx, negative if guided else None,
-            progress=(lambda i, b=bar: b.update(1)) if bar is not None else None)
-        if bar is not None:
-          bar.close()
+        try:
+          videos, arrays = pipe.run(
+              pair, ctx, negative if guided else None,
+              progress=(lambda i, b=bar: b.update(1)) if bar is not None else None)
+        finally:  # also on a signal: an error line then starts on a line of its own
+          if bar is not None:
+            bar.close()
         if jax.process_index() == 0:  # multi-host: one process writes
           write_outputs(os.path.join(staging, output_folder(args, trajectory)), pair.name,
                         *videos, arrays=arrays if args.save_arrays else None)
-    written = [os.path.join(args.out, os.path.relpath(os.path.join(r, f), staging))
-               for r, _, fs in os.walk(staging) for f in fs]
-    publish(staging, args.out)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
-  return sorted(written)
+  return [os.path.join(args.out, os.path.relpath(p, files.folder)) for p in files.published]
 
 
 def _progress(args, description):
@@ -500,17 +379,17 @@ def _progress(args, description):
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  try:
-    # Multi-host start-up first: nothing may touch a device before it.
-    distributed.initialize_from_args(args)
-    written = run(args)
-  except (SampleError, inputs.InputError, video.VideoReadError, FileNotFoundError,
-          ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  for path in written:
-    print(path)
-  return 0
+
+  def go() -> int:
+    try:  # multi-host start-up first: nothing may touch a device before it
+      distributed.initialize_from_args(args)
+    except ValueError as e:
+      raise SampleError(str(e)) from e
+    for path in run(args):
+      print(path)
+    return 0
+
+  return cli.run(go, USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ Depth sources:
   ``depth/camXX.npz`` (``postcam_jax.data.synthetic``) is such a file, with exact depth in metres
   and poses already relative to frame 0.
 
-Depth maps must be 480x832 (the release's depth step) or the video's own size, and there must be at
-least one depth map and one pose per video frame (extra ones are ignored, as the release does).
+Depth maps must be 480x832 (the release's depth step) or the video's own size, and there must be
+exactly one depth map and one pose per video frame, the PNGs numbered 0..T-1 without a gap and
+each decodable. (The release reads the first T files of the sorted folder, so a gap would give
+every later frame its neighbour's depth and extra maps would pass unnoticed: both are refused.)
 """
 
 import ast
@@ -109,30 +111,44 @@ def _with_bottom_row(w2c: np.ndarray) -> np.ndarray:
 
 
 def _depth_png_files(depth_dir: str) -> list[str]:
+  """The folder's depth maps in frame order; one error unless they are numbered 0..N-1."""
   names = [n for n in os.listdir(depth_dir) if n.lower().endswith(".png")]
-  stems = []
+  numbered = {}
   for n in names:
     stem = os.path.splitext(n)[0]
     if not stem.isdigit():
       raise InputError(f"{depth_dir}: depth file {n} is not named by frame number (NNNNNN.png)")
-    stems.append((int(stem), n))
-  return [os.path.join(depth_dir, n) for _, n in sorted(stems)]
+    if int(stem) in numbered:
+      raise InputError(f"{depth_dir}: {numbered[int(stem)]} and {n} are both frame {int(stem)}; "
+                       f"keep one")
+    numbered[int(stem)] = n
+  missing = sorted(set(range(len(numbered))) - set(numbered))
+  if missing:
+    raise InputError(f"{depth_dir}: no depth map for frame {missing[0]} ({missing[0]:06d}.png) "
+                     f"among {len(numbered)} maps numbered up to {max(numbered)}; the maps must "
+                     f"be numbered 0..N-1, one per video frame: run the depth step again")
+  return [os.path.join(depth_dir, numbered[i]) for i in range(len(numbered))]
 
 
 def _read_depth_png(path: str) -> np.ndarray:
-
-  with Image.open(path) as image:
-    if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
-      raise InputError(f"{path}: expected a 16-bit grayscale PNG, got PIL mode {image.mode}")
-    q = np.asarray(image)
+  try:
+    with Image.open(path) as image:
+      if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        raise InputError(f"{path}: expected a 16-bit grayscale PNG, got PIL mode {image.mode}")
+      q = np.asarray(image)
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    if isinstance(e, InputError):
+      raise
+    raise InputError(f"{path}: not a readable PNG ({type(e).__name__}: {e}); run the depth step "
+                     f"again for this video") from None
   if q.min() < 0 or q.max() > 65535:
     raise InputError(f"{path}: values outside 0..65535 in a depth PNG")
   return q.astype(np.uint16)
 
 
 def read_depth_folder(path: str, num_frames: int | None = None) -> DepthSequence:
-  """A depth folder in the release's layout (module doc); ``num_frames`` reads only the first
-  that many maps (the release uses the first T files)."""
+  """A depth folder in the release's layout (module doc); ``num_frames``: the video's frame
+  count, which the number of maps must equal."""
   depth_dir = os.path.join(path, "depth")
   if not os.path.isdir(depth_dir):
     raise InputError(f"missing depth: {path} has no depth/ folder of NNNNNN.png maps "
@@ -140,9 +156,9 @@ def read_depth_folder(path: str, num_frames: int | None = None) -> DepthSequence
   files = _depth_png_files(depth_dir)
   if not files:
     raise InputError(f"missing depth: {depth_dir} holds no .png depth maps")
-  if num_frames is not None and len(files) < num_frames:
+  if num_frames is not None and len(files) != num_frames:
     raise InputError(f"{depth_dir} holds {len(files)} depth maps but the video has {num_frames} "
-                     f"frames; expected one map per frame")
+                     f"frames; expected exactly one map per frame (is it another clip's depth?)")
   metadata = os.path.join(path, "metadata.txt")
   if not os.path.isfile(metadata):
     raise InputError(f"missing depth range: {metadata} does not exist (one line 'min max')")
@@ -152,7 +168,7 @@ def read_depth_folder(path: str, num_frames: int | None = None) -> DepthSequence
     d_lo, d_hi = (float(v) for v in fields)
   except ValueError as e:
     raise InputError(f"{metadata}: expected one line 'min max', got {' '.join(fields)!r}") from e
-  quantised = [_read_depth_png(p) for p in files[:num_frames]]
+  quantised = [_read_depth_png(p) for p in files]
   shapes = {q.shape for q in quantised}
   if len(shapes) != 1:
     raise InputError(f"{depth_dir}: depth maps of different sizes {sorted(shapes)}")
@@ -206,12 +222,12 @@ def read_depth(path: str, num_frames: int | None = None) -> DepthSequence:
 def check_depth_matches_video(depth: DepthSequence, num_frames: int, native_hw) -> None:
   """One clear error when the depth's frame count or size disagrees with the video."""
   count, depth_h, depth_w = depth.depth.shape
-  if count < num_frames:
+  if count != num_frames:
     raise InputError(f"{depth.source}: {count} depth maps for a video of {num_frames} frames; "
-                     f"expected one per frame")
-  if len(depth.w2c) < num_frames:
+                     f"expected exactly one per frame (is it another clip's depth?)")
+  if len(depth.w2c) != num_frames:
     raise InputError(f"{depth.source}: {len(depth.w2c)} source poses for a video of {num_frames} "
-                     f"frames; expected one per frame")
+                     f"frames; expected exactly one per frame (is it another clip's poses?)")
   allowed = {tuple(RELEASE_DEPTH_HW), tuple(native_hw)}
   if (depth_h, depth_w) not in allowed:
     raise InputError(f"{depth.source}: depth maps are {depth_h}x{depth_w} (HxW) but the video is "
@@ -219,6 +235,8 @@ def check_depth_matches_video(depth: DepthSequence, num_frames: int, native_hw) 
                      f"{RELEASE_DEPTH_HW[1]} (the release's depth step) or the video's size")
   if not np.all(np.isfinite(depth.depth)):
     raise InputError(f"{depth.source}: depth holds non-finite values")
+  if not (np.all(np.isfinite(depth.w2c)) and np.all(np.isfinite(depth.intrinsics))):
+    raise InputError(f"{depth.source}: the source poses or the intrinsics hold non-finite values")
 
 
 def relative_source_poses(w2c: np.ndarray, scale) -> np.ndarray:

@@ -289,19 +289,24 @@ def solver_tables(num_steps: int, shift: float, solver: str):
 
 
 def initial_carry(noise, solver: str):
+  """The solver's first carry; its arrays are the sampler's own (the steps donate them), so the
+  caller's ``noise`` is copied, never consumed."""
+  noise = jnp.array(noise, copy=True)
   if solver == "euler":
     return (noise,)
-  zeros = jnp.zeros(noise.shape, jnp.float32)
-  return (noise, zeros, zeros, zeros)
+  # three separate buffers: a donated argument may not appear twice
+  return (noise, *(jnp.zeros(noise.shape, jnp.float32) for _ in range(3)))
 
 
 _BODIES = {"euler": _euler_body, "unipc": _unipc_body}
 
 
-@jax.jit(static_argnames=("graphdef", "solver", "guided", "first", "count"))
+@jax.jit(static_argnames=("graphdef", "solver", "guided", "first", "count"),
+         donate_argnames=("carry",))
 def _run_steps(graphdef, state, carry, conds, guidance_scale, tables, *, solver, guided, first,
                count):
-  """Steps first .. first + count - 1 (a fori_loop), the model merged once inside the trace."""
+  """Steps first .. first + count - 1 (a fori_loop), the model merged once inside the trace. The
+  carry is donated: the loop updates the latents in place of the input's buffers."""
   model = nnx.merge(graphdef, state)
   body = _BODIES[solver]
 
@@ -335,10 +340,11 @@ def place_carry(carry, state):
   return jax.device_put(carry, devices.pop())
 
 
-@jax.jit(static_argnames=("graphdef", "solver", "guided"))
+@jax.jit(static_argnames=("graphdef", "solver", "guided"), donate_argnames=("carry",))
 def run_one_step(graphdef, state, carry, conds, guidance_scale, tables, i, *, solver, guided):
   """One step with a traced index: one compile serves every step of every video (with the
-  carry placed by :func:`place_carry`)."""
+  carry placed by :func:`place_carry`). The carry is donated: step i + 1 writes into step i's
+  buffers, so a video holds one set of latents, not one per step in flight."""
   model = nnx.merge(graphdef, state)
   return _constrain_carry(_BODIES[solver](model, i, carry, conds, guidance_scale, guided, tables))
 

@@ -5,9 +5,12 @@ Layout of a converted or exported model directory::
   DIR/model.json   {"kind": "wan_dit" | "postcam" | "wan_vae" | "umt5", "config": {...}}
   DIR/params/      Orbax (StandardCheckpointer) tree of the module's parameters
 
-Writes are atomic: everything goes to a sibling temporary directory that is renamed at the end, so
-a failed conversion leaves nothing behind. Restores are by abstract target: parameters are created
-directly with their shardings (``mesh``) and never gathered whole on one device.
+Writes are atomic (``postcam_jax.core.atomic``): everything goes to a sibling staging directory
+that is renamed at the end, so a failed or interrupted conversion leaves nothing behind, and
+``overwrite`` replaces only a model directory (one holding ``model.json``) that holds none of the
+conversion's inputs. Restores are by abstract target: parameters are created directly with their
+shardings (``mesh``) and never gathered whole on one device; a non-finite parameter is refused,
+naming it (:class:`NonFiniteWeightsError`).
 """
 
 import json
@@ -20,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
+from jax.experimental import multihost_utils
 
 from postcam_jax import parallel
-from postcam_jax.core.atomic import AtomicDirectory
+from postcam_jax.core import atomic
 from postcam_jax.models import tokenizer as tokenizer_lib
 from postcam_jax.models.da3 import DA3Config, DA3Model
 from postcam_jax.models.postcam import PostCamConfig, PostCamModel
@@ -36,6 +40,18 @@ TOKENIZER_DIR = "tokenizer"  # a text encoder's bundled tokenizer
 # model.json "kind" of each model family.
 DIT_KIND, POSTCAM_KIND, VAE_KIND, T5_KIND = "wan_dit", "postcam", "wan_vae", "umt5"
 DA3_KIND = "da3"  # Depth Anything 3 (postcam_jax.models.da3)
+
+
+class ModelDirError(ValueError):
+  """A folder that is not the model directory asked for; the message names it and the fix."""
+
+
+class NotAModelDirError(ModelDirError, FileNotFoundError):
+  """No ``model.json``: not a converted model directory."""
+
+
+class NonFiniteWeightsError(ModelDirError):
+  """A parameter holds NaN or Inf; the message names the first such tensor."""
 
 
 def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
@@ -57,17 +73,25 @@ def abstract_params(module_factory: Callable[[], nnx.Module]) -> dict[str, jax.S
   return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flatten(nnx.to_pure_dict(state)).items()}
 
 
+def check_output_dir(output, overwrite: bool = False, inputs=()) -> str:
+  """The checks of a model directory output, to run before any conversion work: see
+  ``core.atomic.check_output`` (a folder replaced only with ``overwrite``, only if it holds
+  ``model.json`` and none of ``inputs``)."""
+  return atomic.check_output(output, overwrite=overwrite, marker=MODEL_JSON, inputs=inputs)
+
+
 def save_model(output: str, *, kind: str, config: Mapping[str, Any],
                params: Mapping[str, Any], overwrite: bool = False, extra: Mapping | None = None,
-               files: Mapping[str, str] | None = None):
+               prepare: Callable[[str], None] | None = None, inputs=()):
   """Write ``params`` (flat 'a/b' keys or a nested dict of arrays) and the architecture.
 
-  ``files``: {name in the output: a path beside it} moved in before the final rename (e.g. the
-  text encoder's tokenizer folder), so the output appears whole or not at all."""
+  ``prepare(staging_dir)`` adds files before the parameters (e.g. the text encoder's tokenizer
+  folder), so the output appears whole or not at all. ``inputs``: the paths the conversion read,
+  which a replaced (``overwrite``) directory must not hold."""
   tree = params if any(isinstance(v, Mapping) for v in params.values()) else unflatten(params)
-  with AtomicDirectory(output, overwrite) as tmp:
-    for name, path in (files or {}).items():
-      os.replace(path, os.path.join(tmp, name))
+  with atomic.AtomicDirectory(output, overwrite, marker=MODEL_JSON, inputs=inputs) as tmp:
+    if prepare is not None:
+      prepare(tmp)
     with open(os.path.join(tmp, MODEL_JSON), "w") as f:
       json.dump({"kind": kind, "config": dict(config), **(extra or {})}, f, indent=1)
     ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(
@@ -97,11 +121,18 @@ _LOW_MEMORY_HANDLERS = ocp.type_handlers.create_type_handler_registry(
 def read_model_json(directory: str) -> dict:
   path = os.path.join(os.fspath(directory), MODEL_JSON)
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise NotAModelDirError(
         f"{directory} is not a postcam-jax model directory (no {MODEL_JSON}); convert the "
         f"PyTorch weights first with tools/convert_weights.py")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ModelDirError(f"{path}: unreadable ({e}); convert the model again") from None
+  if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+    raise ModelDirError(f"{path}: not a postcam-jax model.json (no 'config' object); convert "
+                        f"the model again")
+  return meta
 
 
 def restore_into(module: nnx.Module, directory: str, *, mesh=None) -> nnx.Module:
@@ -132,12 +163,47 @@ def restore_into(module: nnx.Module, directory: str, *, mesh=None) -> nnx.Module
   problems = [f"missing in checkpoint: {k}" for k in sorted(want_keys - stored_keys)]
   problems += [f"unexpected in checkpoint: {k}" for k in sorted(stored_keys - want_keys)]
   if problems:
-    raise ValueError(f"{directory} does not match the model:\n  " + "\n  ".join(problems))
+    raise ModelDirError(f"{directory} does not match the model:\n  " + "\n  ".join(problems))
   # Orbax restores in the stored dtype unless told: ask for the module's dtype.
   restored = ckptr.restore(path, abstract)
   ckptr.close()
+  bad = first_non_finite(flatten(restored))
+  if bad is not None:
+    raise NonFiniteWeightsError(
+        f"{directory}: parameter {bad} is NaN or Inf, so every output would be too; convert the "
+        f"weights again from a good checkpoint")
   nnx.replace_by_pure_dict(params, restored)
   return nnx.merge(graphdef, params, rest)
+
+
+@jax.jit
+def _finite_flags(leaves):
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def first_non_finite(flat: Mapping[str, Any]) -> str | None:
+  """``'key[i, j, ...]'`` of the first NaN/Inf among the floating arrays of ``flat`` (flat key ->
+  array, sharded or not; one compiled pass over all of them), or None."""
+  keys = [k for k, v in sorted(flat.items()) if jnp.issubdtype(v.dtype, jnp.inexact)]
+  if not keys:
+    return None
+  flags = _on_host(_finite_flags([flat[k] for k in keys]))
+  if flags.all():
+    return None
+  key = keys[int(np.argmin(flags))]
+  value = flat[key]
+  first = _on_host(jax.jit(lambda x: jnp.argmin(jnp.isfinite(x).reshape(-1)))(value))
+  index = np.unravel_index(int(first), value.shape)
+  return f"{key}[{', '.join(str(int(i)) for i in index)}]"
+
+
+def _on_host(x) -> np.ndarray:
+  """A small result as a host array, also when it spans several hosts."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
 
 
 def _as_dict(tree):
@@ -198,8 +264,8 @@ def load_postcam(directory, dtype=jnp.float32, *, precision: str | None = None, 
 
 def _check_kind(meta: dict, directory, kind: str, what: str):
   if meta.get("kind") != kind:
-    raise ValueError(f"{directory} holds a {meta.get('kind')!r} model, expected {kind!r} "
-                     f"({what})")
+    raise ModelDirError(f"{directory} holds a {meta.get('kind')!r} model, expected {kind!r} "
+                        f"({what})")
 
 
 def load_vae(directory, dtype=None, *, mesh=None) -> WanVAE:

@@ -65,9 +65,12 @@ class LayerNorm(nnx.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Rotary position embeddings (interleaved pairs, Wan's layout). Tables are built on the host in
-# float64 (shapes are static) and enter the graph as float32 constants: exact to float32, as the
-# release's float64 rotation.
+# Rotary position embeddings (interleaved pairs, Wan's layout). The models build their cos/sin
+# tables in the graph from integer positions (``rope_grid``, ``rope_1d``): per axis, each angle
+# p * w is an exact float32 product plus a correction term (as the time sinusoid), so the tables
+# equal the release's float64 angles to float32 rounding, and no table is a compile-time constant
+# (at 480x832 the host-built tables were 26.9 MB of constants in every compile, on every device).
+# The host helpers below (float64 NumPy angles) serve tests and references.
 
 
 def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
@@ -101,6 +104,45 @@ def rope_angles_1d(positions, head_dim: int) -> np.ndarray:
   return np.outer(np.asarray(positions, np.float64), _freqs(head_dim))
 
 
+def _angle_tables(positions, freqs: np.ndarray):
+  """(cos, sin) [n, k] float32 of the angles positions[:, None] * freqs[None, :], in the graph.
+
+  ``positions``: n integers (NumPy or traced, below 2^24: exact in float32); ``freqs``: float64.
+  w = w_hi + w_lo (two float32), p w_hi = a + e exactly (Dekker), d = e + p w_lo, and
+  cos(a + d) = cos a - d sin a, sin(a + d) = sin a + d cos a (|d| <= ulp(a): the dropped d^2
+  terms are below float32 rounding)."""
+  p = jnp.asarray(positions).astype(jnp.float32)[:, None]
+  w_hi = freqs.astype(np.float32)
+  w_lo = (freqs - w_hi.astype(np.float64)).astype(np.float32)
+  a, e = _two_product(p, jnp.asarray(w_hi)[None, :])
+  d = e + p * jnp.asarray(w_lo)[None, :]
+  cos_a, sin_a = jnp.cos(a), jnp.sin(a)
+  return cos_a - d * sin_a, sin_a + d * cos_a
+
+
+def rope_grid(frames, rows, cols, head_dim: int) -> "Rope":
+  """RoPE of the token grid frames x rows x cols (row-major, w fastest) from the three integer
+  position vectors (e.g. ``jnp.arange``): per-axis tables broadcast to [F h w, head_dim/2]."""
+  dims = rope_axis_dims(head_dim)
+  tables = [_angle_tables(pos, _freqs(dim)) for pos, dim in zip((frames, rows, cols), dims)]
+  nf, nh, nw = (t[0].shape[0] for t in tables)
+
+  def grid(which):
+    f, h, w = (t[which] for t in tables)
+    parts = (jnp.broadcast_to(f[:, None, None, :], (nf, nh, nw, f.shape[-1])),
+             jnp.broadcast_to(h[None, :, None, :], (nf, nh, nw, h.shape[-1])),
+             jnp.broadcast_to(w[None, None, :, :], (nf, nh, nw, w.shape[-1])))
+    return jnp.concatenate(parts, axis=-1).reshape(nf * nh * nw, head_dim // 2)
+
+  return Rope(grid(0), grid(1))
+
+
+def rope_1d(positions, head_dim: int) -> "Rope":
+  """1-D RoPE over the whole head_dim (frequencies 10000^(-2j/d)) of integer ``positions``."""
+  cos, sin = _angle_tables(positions, _freqs(head_dim))
+  return Rope(cos, sin)
+
+
 @dataclasses.dataclass(frozen=True)
 class Rope:
   """cos/sin tables [L, head_dim/2] (float32)."""
@@ -109,6 +151,7 @@ class Rope:
 
   @classmethod
   def from_angles(cls, angles: np.ndarray) -> "Rope":
+    """From host float64 angles (tests and references; the models use ``rope_grid``)."""
     return cls(jnp.asarray(np.cos(angles), jnp.float32), jnp.asarray(np.sin(angles), jnp.float32))
 
   def __getitem__(self, idx) -> "Rope":
@@ -118,6 +161,7 @@ class Rope:
 jax.tree_util.register_dataclass(Rope, data_fields=["cos", "sin"], meta_fields=[])
 
 
+@jax.named_scope("rope")
 def apply_rope(x, rope: Rope):
   """Rotate interleaved pairs (x[2k], x[2k+1]) of x [B, L, H, D] by the angles of ``rope``."""
   b, l, h, d = x.shape

@@ -23,7 +23,6 @@ from postcam_jax import parallel
 from postcam_jax.geometry import cameras
 from postcam_jax.models import layers
 from postcam_jax.models.attention import attention
-from postcam_jax.models.layers import Rope
 from postcam_jax.models.wan import Attention, WanBlock, WanConfig, WanModel, scan_blocks
 
 # variant -> how the camera/render conditions enter each block (postcam.md, ablation table).
@@ -156,6 +155,7 @@ class PostCamBlock(WanBlock):
       self.render_attn = Attention(cfg.dim, cfg.num_heads, **kw)
       self.render_projector = _zero_linear(cfg, rngs)
 
+  @jax.named_scope("camera_render_attn")
   def condition_update(self, y, camera_tokens, render_in, ropes):
     """The projected camera/render update of the target tokens (LN3 output ``y``)."""
     cfg = self.cfg
@@ -190,7 +190,8 @@ class PostCamBlock(WanBlock):
     x, _ = self.self_attention_update(x, mod, ropes["main"])
     render_in = None
     if r is not None:  # the render stream: same self-attention and modulation, own RoPE
-      r, render_in = self.self_attention_update(r, mod, ropes["render"])
+      with jax.named_scope("render_stream"):
+        r, render_in = self.self_attention_update(r, mod, ropes["render"])
     n = x.shape[1] // 2
     target = x[:, :n]
     y = self.norm3(target)
@@ -202,7 +203,8 @@ class PostCamBlock(WanBlock):
     x = self.ffn_update(x, mod)
     x = parallel.constrain(x, ("batch", "length", "act_embed"))
     if r is not None:
-      r = self.ffn_update(r, mod)
+      with jax.named_scope("render_stream"):
+        r = self.ffn_update(r, mod)
     return x, r
 
 
@@ -305,9 +307,8 @@ class PostCamModel(WanModel):
     x, grid = self.embed_latents(jnp.concatenate([latents, source_latents], axis=1))
     f2, th, tw = grid
     n = (f2 // 2) * th * tw
-    pos = layers.grid_positions(f2, th, tw)
-    main_angles = layers.rope_angles_3d(*pos, cfg.head_dim)
-    ropes = {"main": Rope.from_angles(main_angles), "target": Rope.from_angles(main_angles[:n])}
+    main_rope = self.rope_for_grid(grid)
+    ropes = {"main": main_rope, "target": main_rope[:n]}
     if camera is None:
       camera_tokens = None
     else:
@@ -318,16 +319,13 @@ class PostCamModel(WanModel):
         camera_tokens = None
       else:
         camera_tokens = self.cam_encoder(camera)
-        ropes["camera"] = (Rope.from_angles(layers.rope_angles_1d(
-            np.arange(camera_tokens.shape[1]), cfg.head_dim)) if not cfg.plucker
-                           else ropes["target"])
+        ropes["camera"] = (layers.rope_1d(jnp.arange(camera_tokens.shape[1]), cfg.head_dim)
+                           if not cfg.plucker else ropes["target"])
     r = None
     if render_latents is not None:
       r, rgrid = self.embed_latents(render_latents)
       rows, cols = render_positions((th, tw), rgrid, cfg.render_rope)
-      rf, rr, rc = np.meshgrid(np.arange(rgrid[0]), rows, cols, indexing="ij")
-      ropes["render"] = Rope.from_angles(layers.rope_angles_3d(
-          rf.reshape(-1), rr.reshape(-1), rc.reshape(-1), cfg.head_dim))
+      ropes["render"] = layers.rope_grid(jnp.arange(rgrid[0]), rows, cols, cfg.head_dim)
     if camera_tokens is None and r is None and cfg.variant != "plucker_add":
       raise ValueError("PostCam needs a camera, a render, or both (got neither)")
 

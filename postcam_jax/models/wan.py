@@ -143,16 +143,19 @@ class WanBlock(nnx.Module):
   def modulated(self, x, shift, scale):
     return self._norm(x) * (1 + scale) + shift
 
+  @jax.named_scope("self_attn")
   def self_attention_update(self, x, mod, rope: Rope):
     """x + gate * SelfAttn(LN1(x)(1+scale)+shift); also returns the modulated input."""
     h = self.modulated(x, mod[0], mod[1])
     y = self.self_attn(h, rope=rope, implementation=self.cfg.attention)
     return x + y.astype(x.dtype) * mod[2], h
 
+  @jax.named_scope("text_attn")
   def text_update(self, y, context):
     """Text cross-attention of already-normed tokens ``y`` (LN3 output)."""
     return self.cross_attn(y, context=context)
 
+  @jax.named_scope("ffn")
   def ffn_update(self, x, mod):
     y = self.ffn(self.modulated(x, mod[3], mod[4]))
     return x + y.astype(x.dtype) * mod[5]
@@ -338,8 +341,10 @@ class WanModel(nnx.Module):
     return y.reshape(b, gf * pt, gh * ph, gw * pw, c).astype(jnp.float32)
 
   def rope_for_grid(self, grid, f_offset=0) -> Rope:
-    return Rope.from_angles(layers.rope_angles_3d(*layers.grid_positions(*grid, f_offset),
-                                                  self.cfg.head_dim))
+    """RoPE of the (F', H', W') token grid, frames from ``f_offset``, built in the graph."""
+    f, h, w = grid
+    return layers.rope_grid(jnp.arange(f) + f_offset, jnp.arange(h), jnp.arange(w),
+                            self.cfg.head_dim)
 
   # -- forward --------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from postcam_jax.planning.cost import (
                                       hlo_kernel_flops,
                                       layer_extrapolated_cost,
                                       memory_of,
+                                      one_micro_step,
                                       oom_bytes,
 )
 from postcam_jax.planning.planner import format_report, plan, remat_of, suggestions
@@ -52,7 +53,7 @@ from postcam_jax.planning.sweep import (
 from postcam_jax.planning.topology import GIB, abstract_mesh, topology_devices
 
 __all__ = ["load_config", "main", "parse_meshes", "parse_request", "parse_shape", "video_latent", "SENTINEL_TARGETS", "cost_of",
-           "hlo_kernel_flops", "layer_extrapolated_cost", "memory_of", "oom_bytes",
+           "hlo_kernel_flops", "layer_extrapolated_cost", "memory_of", "one_micro_step", "oom_bytes",
            "format_report", "plan", "remat_of", "suggestions", "DEFAULT_LATENT", "DEFAULT_RENDER", "STEPS",
            "Request", "build", "lower_step", "per_chip_bytes", "with_layers", "SWEEP_REMATS",
            "Journal", "candidate_meshes", "format_sweep", "sweep", "train_command",

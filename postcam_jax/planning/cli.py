@@ -5,7 +5,10 @@
       [--latent 11,60,104] [--render 11,15,26|none] [--config.x=y ...] [--out DIR]
 
 The config file is loaded by ``ml_collections.config_flags`` (locked: ``--config.x=y`` changes
-values, never adds fields), exactly as the trainer loads it.
+values, never adds fields), exactly as the trainer loads it. A flag or config key that does not
+parse, an unknown topology or mesh, and an ``--out`` that is a file or cannot be written are one
+line ``error: ...`` (exit status 2, through ``python -m postcam_jax.aot``); the report files
+appear whole (``core.atomic``).
 """
 
 import json
@@ -16,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from postcam_jax import parallel
+from postcam_jax.core import atomic, cli
 from postcam_jax.planning import planner
 from postcam_jax.planning.steps import STEPS, Request
 from postcam_jax.planning.sweep import Journal, format_sweep, sweep
@@ -53,7 +57,12 @@ def _parse(fv: flags.FlagValues, argv) -> list[str]:
   try:
     return fv([PROGRAM, *argv])
   except flags.Error as e:
-    raise SystemExit(f"error: {e}") from None
+    raise SystemExit(f"error: {cli.one_line(e)}") from None
+  except (AttributeError, KeyError, TypeError):  # ml_collections' error for an unknown key
+    problem = cli.config_override_problem([PROGRAM, *argv])
+    if problem is None:
+      raise
+    raise SystemExit(f"error: {problem}") from None
 
 
 def load_config(path: str, overrides=()):
@@ -121,7 +130,12 @@ def parse_request(argv=None):
 
 
 def main(argv=None) -> int:
-  req, meshes, args = parse_request(argv)
+  try:  # every flag is read and checked here, before any compile
+    req, meshes, args = parse_request(argv)
+    if args.out:
+      atomic.check_output(args.out, merge=True)
+  except ValueError as e:
+    raise SystemExit(f"error: {cli.one_line(e)}") from None
   if args.sweep:
     if args.step != "train":
       raise SystemExit("--sweep plans training (--step train)")
@@ -130,10 +144,9 @@ def main(argv=None) -> int:
     text = format_sweep(rows, args["config"].config_filename)
     print(text)
     if args.out:
-      os.makedirs(args.out, exist_ok=True)
-      with open(os.path.join(args.out, "sweep.json"), "w") as f:
+      with atomic.atomic_file(os.path.join(args.out, "sweep.json")) as tmp, open(tmp, "w") as f:
         json.dump(rows, f, indent=1, default=str)
-      with open(os.path.join(args.out, "sweep.txt"), "w") as f:
+      with atomic.atomic_file(os.path.join(args.out, "sweep.txt")) as tmp, open(tmp, "w") as f:
         f.write(text + "\n")
     return 0 if rows else 2
   report = planner.plan(req, out_dir=args.out)

@@ -131,9 +131,28 @@ def _zero_layer_key(req: Request) -> str:
   return json.dumps([config, fields], sort_keys=True, default=str)
 
 
+def one_micro_step(req: Request) -> Request:
+  """The training request priced per micro-batch: a step with gradient accumulation runs its
+  micro-batches in a ``lax.scan``, whose body the cost model would count once (blind spot 1), so
+  its price is that of the same step on one micro-batch without accumulation, times the
+  accumulation (the planner's ``repeats``; the optimizer update is then counted once per
+  micro-batch, a few milliseconds of AdamW over the sharded trainable set). Other requests are
+  returned as they are."""
+  accum = int(req.config.optim.accum_steps) if req.step == "train" else 1
+  if accum == 1:
+    return req
+  config = req.config.copy_and_resolve_references()
+  with config.unlocked():
+    config.optim.accum_steps = 1
+    config.data.batch_size = int(config.data.batch_size) // accum
+  return req.replace(config=config)
+
+
 def layer_extrapolated_cost(req: Request, num_layers: int) -> dict:
-  """c0 + L (c1 - c0) from compiles of the same step with 0 and 1 blocks (blind spot 1). The
-  0-block cost is shared by the remat policies of a sweep."""
+  """c0 + L (c1 - c0) from compiles of the same step with 0 and 1 blocks (blind spot 1), on one
+  micro-batch (:func:`one_micro_step`). The 0-block cost is shared by the remat policies of a
+  sweep."""
+  req = one_micro_step(req)
   c = []
   for k in (0, 1):
     key = _zero_layer_key(req) if k == 0 else None

@@ -5,6 +5,7 @@ import math
 import os
 
 from postcam_jax import parallel
+from postcam_jax.core import atomic
 from postcam_jax.parallel import chips
 from postcam_jax.planning.cost import cost_of, layer_extrapolated_cost, memory_of, oom_bytes
 from postcam_jax.planning.steps import Request, lower_step
@@ -87,14 +88,14 @@ def plan(req: Request, *, price: bool = True, out_dir: str | None = None) -> dic
 
 
 def write_report(report: dict, compiled, out_dir: str):
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "report.json"), "w") as f:
-    json.dump(report, f, indent=1, default=str)
-  with open(os.path.join(out_dir, "report.txt"), "w") as f:
-    f.write(format_report(report) + "\n")
+  """report.json, report.txt and hlo.txt in ``out_dir``, each appearing whole."""
+  texts = {"report.json": json.dumps(report, indent=1, default=str),
+           "report.txt": format_report(report) + "\n"}
   if compiled is not None:
-    with open(os.path.join(out_dir, "hlo.txt"), "w") as f:
-      f.write(compiled.as_text())
+    texts["hlo.txt"] = compiled.as_text()
+  for name, text in texts.items():
+    with atomic.atomic_file(os.path.join(out_dir, name)) as tmp, open(tmp, "w") as f:
+      f.write(text)
 
 
 def format_report(r: dict) -> str:

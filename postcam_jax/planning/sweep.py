@@ -3,8 +3,10 @@
 import dataclasses
 import json
 import os
+import sys
 
 from postcam_jax import training
+from postcam_jax.core import atomic
 from postcam_jax.models import flops
 from postcam_jax.parallel import mesh_spec_str
 from postcam_jax.planning import planner
@@ -61,11 +63,16 @@ class Journal:
   def __init__(self, path: str | None):
     self.path, self.done = path, {}
     if path and os.path.exists(path):
-      with open(path) as f:
-        for line in f:
-          if line.strip():
+      with open(path, errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+          if not line.strip():
+            continue
+          try:
             entry = json.loads(line)
             self.done[entry["key"]] = entry["report"]
+          except (ValueError, KeyError, TypeError):  # a line cut by a crash: plan it again
+            print(f"note: {path}: line {number} is not a whole entry (cut by a crash?); its "
+                  f"candidate is planned again", file=sys.stderr)
 
   def get(self, req: Request):
     return self.done.get(_request_key(req))
@@ -75,8 +82,7 @@ class Journal:
     self.done[key] = report
     if self.path:
       os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-      with open(self.path, "a") as f:
-        f.write(json.dumps({"key": key, "report": report}, default=str) + "\n")
+      atomic.append_line(self.path, json.dumps({"key": key, "report": report}, default=str))
 
 
 def sweep(req: Request, remats=SWEEP_REMATS, accums=(1, 2, 4), meshes=None, log=print,

@@ -22,14 +22,16 @@ the poses are dropped.
 
 ``config.data.source`` picks where they come from:
 
-- ``"arrayrecord"``: latent records prepared by ``postcam_jax.data.arrayrecord`` (real VAE and
-  text-encoder outputs) in one directory with the ``data.split`` and ``data.eval_split`` splits,
-  of clips of ``data.num_frames`` frames; training reads through
-  ``postcam_jax.data.pipeline.make_dataset``, evaluation only the records of its batches.
+- ``"arrayrecord"``: latent records (``python -m postcam_jax.data.prepare --latents``: Wan-VAE
+  and umT5 outputs, or ``arrayrecord.PairsConfig(encoders=...)`` from Python) in one directory
+  with the ``data.split`` and ``data.eval_split`` splits, of clips of ``data.num_frames`` frames;
+  training reads through ``postcam_jax.data.pipeline.make_dataset``, evaluation only the records
+  of its batches. Text stored without the padding is padded to ``data.text_len`` at load
+  (``pipeline.PadText``); bf16 records become float32 batches.
 - ``"synthetic"``: scenes made by ``postcam_jax.data.synthetic`` at the config's size, paired
   (held out: ``num_eval_scenes`` other scenes, or with 0 every 4th pair of the same scenes),
-  rendered with the release's forward warp (``postcam_jax.geometry.render``) and encoded in memory by the
-  stand-in encoders below (the CPU tests and demo; no weights needed). Examples are cached as one
+  rendered with the release's forward warp (``postcam_jax.geometry.render``) and encoded in
+  memory by the stand-in encoders below (the CPU tests and demo; no weights needed). Examples are cached as one
   ``.npz`` per split under ``data.cache_dir`` so restarts do not regenerate them.
 
 Both paths end in a Grain ``IterDataset`` whose iterator state Orbax checkpoints (``grain
@@ -283,9 +285,16 @@ def eval_batches(config, process_index: int, process_count: int,
     source = synthetic_examples(data, "eval", camera)
   else:
     source = _records(data, data.eval_split, camera)
-    if camera != "rt":  # the records store the RT camera; the Plucker one is made per record
-      plucker = pipeline.camera_map(camera, (data.height, data.width))
-      read = lambda record: SelectKeys().map(plucker.map(record))
+    # Text stored without the padding is padded; the records store the RT camera, the Plucker
+    # one is made per record.
+    maps = [pipeline.PadText(data.get("text_len"))]
+    if camera != "rt":
+      maps.append(pipeline.camera_map(camera, (data.height, data.width)))
+
+    def read(record):
+      for m in maps:
+        record = m.map(record)
+      return SelectKeys().map(record)
   n = min(len(source) // batch_size, config.eval.num_batches)
   if n < 1:
     where = "" if data.source == "synthetic" else f" (split {data.eval_split!r} of {data.data_dir})"
@@ -309,7 +318,7 @@ def _records(data, split: str, camera: str = "rt"):
   first = source[0]
   if "target_latent" not in first:
     raise ValueError(f"{data.data_dir} holds pixel records; the trainer reads latent records "
-                     f"(arrayrecord.PairsConfig(encoders=LatentEncoders(...)))")
+                     f"(python -m postcam_jax.data.prepare --latents ...)")
   frames = first["target_w2c"].shape[0]
   if frames != data.num_frames:
     raise ValueError(f"{data.data_dir} holds clips of {frames} frames; set "

@@ -27,8 +27,9 @@ from flax import nnx
 
 from postcam_jax.models import flops
 from postcam_jax.models.postcam import PostCamModel, trainable
-from postcam_jax.training import checkpointing, losses, metrics
+from postcam_jax.training import checkpointing, losses, metrics, resume
 from postcam_jax.training import data as train_data
+from postcam_jax.training.camera_eval import CameraEvaluator
 from postcam_jax.training.evaluator import Evaluator
 from postcam_jax.training.stages import stage_at, stages_of
 from postcam_jax.training.state import (
@@ -47,7 +48,7 @@ from postcam_jax.training.state import (
   restore_state_into,
   split_train_state,
 )
-from postcam_jax.training.step import make_train_step
+from postcam_jax.training.step import make_train_step, stacked_batch_sharding
 
 
 @dataclasses.dataclass
@@ -60,12 +61,11 @@ class TrainResult:
   preempted: bool = False
 
 
-def step_record(step: int, micro_metrics: list) -> dict:
-  """One optimizer step's host scalars from its micro-steps' fetched metrics."""
-  return {"step": step,
-          "loss": float(np.mean([m["loss"] for m in micro_metrics])),
-          "grad_norm": float(np.mean([m["grad_norm"] for m in micro_metrics])),
-          "state_finite": bool(all(bool(m["state_finite"]) for m in micro_metrics))}
+def step_record(step: int, fetched: dict) -> dict:
+  """One optimizer step's host scalars from its fetched metrics (the step averages the loss over
+  its micro-batches and checks the updated state once)."""
+  return {"step": step, "loss": float(fetched["loss"]), "grad_norm": float(fetched["grad_norm"]),
+          "state_finite": bool(fetched["state_finite"])}
 
 
 def first_non_finite(records: list) -> int | None:
@@ -110,6 +110,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   workdir = os.path.abspath(workdir)
   backbone_of(config)  # fail before any data or compile work when a required backbone is unset
   cfg = model_config(config)
+  resume.check_resume(workdir, config, cfg)  # a workdir's run continues only with its own model
   loss_cfg = losses.LossConfig.from_config(config.loss)
   stages = stages_of(config)
   total = stages[-1].end
@@ -128,11 +129,13 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   logging.info("mesh %s on %d of %d device(s), %d process(es)", dict(mesh.shape), mesh.size,
                jax.device_count(), jax.process_count())
   bshard = batch_sharding(mesh, micro)
+  step_batch_shard = stacked_batch_sharding(bshard) if accum > 1 else bshard
 
   # -- data ------------------------------------------------------------------------------------
   pi, pc = jax.process_index(), jax.process_count()
   train_iter = iter(train_data.train_dataset(config, pi, pc, micro))
   eval_sets = train_data.eval_batches(config, pi, pc, micro) if config.eval.every > 0 else []
+  camera_eval = CameraEvaluator.from_config(config, mesh)  # eval.camera; None when off
 
   # -- abstract model -> sharded init (or the backbone restored into its shards) -------------
   model, backbone_ref = create_model(config, cfg, mesh)
@@ -167,7 +170,7 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
     # The state's own (declared) layouts, pinned for the step's inputs and outputs.
     step_shardings = (*(jax.tree.map(lambda x: x.sharding, s) for s in (params, opt,
                                                                         frozen_params)),
-                      rng.sharding, bshard)
+                      rng.sharding, step_batch_shard)
     writer = metrics.MetricWriter(workdir)
     evaluator = Evaluator(config, graphdef, eval_sets, bshard, mesh) if eval_sets else None
     steps_by_kind = {}
@@ -184,27 +187,29 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
               graphdef, loss_cfg, camera=stage.camera, render=stage.render,
               fixed_noise=bool(config.loss.get("fixed_noise", False)), shardings=step_shardings,
               accum_steps=accum)
-        micro_metrics = []
-        for _ in range(accum):
-          batch = next(train_iter)
-          if shapes is None:
-            check_batch_camera(cfg, batch)
-          shapes = shapes or (batch["target_latent"].shape[1:4],
-                              batch["render_latent"].shape[1:4] if "render_latent" in batch
-                              else None)
-          placed = global_batch(batch, bshard)  # the one (explicit) host-to-device copy
-          with jax.transfer_guard("disallow"):  # nothing else may move implicitly
-            params, opt, m = steps_by_kind[stage.kind](params, opt, frozen_params, rng, placed)
-          micro_metrics.append(m)
+        micro_batches = [next(train_iter) for _ in range(accum)]
+        batch = micro_batches[0]
+        if shapes is None:
+          check_batch_camera(cfg, batch)
+        shapes = shapes or (batch["target_latent"].shape[1:4],
+                            batch["render_latent"].shape[1:4] if "render_latent" in batch
+                            else None)
+        if accum > 1:  # one step over all micro-batches, stacked (make_train_step)
+          batch = {k: np.stack([b[k] for b in micro_batches]) for k in batch}
+        placed = global_batch(batch, step_batch_shard)  # the one (explicit) host-to-device copy
+        with jax.transfer_guard("disallow"):  # nothing else may move implicitly
+          params, opt, m = steps_by_kind[stage.kind](params, opt, frozen_params, rng, placed)
         step += 1
-        pending.append((step, micro_metrics))
+        pending.append((step, m))
         is_log = step % config.log_every == 0 or step == total
         is_ckpt = step % config.checkpoint.every == 0 or step == total
         preempted = watcher.should_stop(step)
         if not (is_log or is_ckpt or preempted):
           continue
-        # Losses reach the host only here, so steps in between stay asynchronous.
-        records = [step_record(s, jax.device_get(ms)) for s, ms in pending]
+        # Losses reach the host only here (one transfer for every pending step), so the steps in
+        # between stay asynchronous.
+        fetched = jax.device_get([m for _, m in pending])
+        records = [step_record(s, f) for (s, _), f in zip(pending, fetched)]
         pending = []
         bad = first_non_finite(records)
         for r in records[:bad]:  # the good steps are recorded, up to a bad one
@@ -225,6 +230,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
                     dict(meta, stage=stage.kind), force=preempted or step == total)
         if evaluator is not None and (step % config.eval.every == 0 or step == total):
           val = evaluator(stage, params, opt, frozen_params)
+          writer.write_scalars(step, val)
+          last.update(val)
+        if camera_eval is not None and camera_eval.due(step, total):
+          val = camera_eval(stage, nnx.merge(graphdef, params, frozen_params, opt)[0])
           writer.write_scalars(step, val)
           last.update(val)
         writer.flush()

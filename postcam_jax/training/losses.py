@@ -122,21 +122,22 @@ def model_inputs(batch: Mapping[str, jax.Array], *, camera: bool, render: bool,
 def draw_noise(key, shape, cfg: LossConfig, micro: tuple | None = None):
   """(sigma [B], weight [B], noise [B, ...]) of a batch of ``shape`` from ``key``.
 
-  ``micro = (index, count)``: the batch is micro-batch ``index`` (may be traced) of ``count``
-  equal parts of a whole batch (gradient accumulation); its rows are then exactly those the
-  whole batch draws from ``key`` (drawn whole, then sliced), so accumulating over micro-batches
-  sees the noise of one step on the whole batch.
+  Every example draws its own timestep and noise from ``fold_in(key, r)``, r its row in the whole
+  batch. ``micro = (index, count)``: the batch is micro-batch ``index`` (may be traced) of
+  ``count`` equal parts of a whole batch (gradient accumulation): its rows are
+  ``index * B .. index * B + B - 1``, so the micro-batches of a step draw, each for itself only,
+  exactly the noise of one step on the whole batch.
   """
   b = shape[0]
-  total = b * (micro[1] if micro else 1)
-  t_key, n_key = jax.random.split(key)
-  sigma, weights = sample_sigmas(t_key, total, cfg)
-  noise = jax.random.normal(n_key, (total, *shape[1:]), jnp.float32)
-  if micro and micro[1] > 1:
-    start = micro[0] * b
-    sigma, weights, noise = (jax.lax.dynamic_slice_in_dim(x, start, b, axis=0)
-                             for x in (sigma, weights, noise))
-  return sigma, weights, noise
+  first = micro[0] * b if micro else 0
+  rows = first + jnp.arange(b)
+
+  def one(row):
+    t_key, n_key = jax.random.split(jax.random.fold_in(key, row))
+    sigma, weight = sample_sigmas(t_key, 1, cfg)
+    return sigma[0], weight[0], jax.random.normal(n_key, shape[1:], jnp.float32)
+
+  return jax.vmap(one)(rows)
 
 
 def flow_matching_loss(model, batch, key, cfg: LossConfig, *, camera: bool = True,

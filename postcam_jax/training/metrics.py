@@ -4,6 +4,12 @@ Only process 0 writes. Scalars go to three sinks behind one :class:`MetricWriter
 files through ``tensorboard.summary.Writer`` (TensorFlow-free), absl logging (the console), and
 ``metrics.jsonl`` in the work directory (one JSON object per write, for tools and tests). The
 progress bar is tqdm with steps/s and the ETA.
+
+``metrics.jsonl`` survives crashes: each record is one ``write`` of a whole line to a file opened
+for appending (``core.atomic.append_line``: never half a line from a kill between two buffered
+writes). A line cut anyway (the machine lost power mid-write) is ended by the resumed run's first
+record, which starts on a line of its own, and :func:`read_jsonl` skips any unreadable line and
+reports it.
 """
 
 import json
@@ -17,6 +23,8 @@ from flax import nnx
 from tensorboard.summary import Writer
 from tqdm import tqdm
 
+from postcam_jax.core import atomic
+
 
 class MetricWriter:
   """Scalars to TensorBoard + console + ``metrics.jsonl`` on process 0; a no-op elsewhere."""
@@ -28,7 +36,7 @@ class MetricWriter:
     if self.active:
       os.makedirs(workdir, exist_ok=True)
       self._tb = Writer(os.path.join(workdir, "tensorboard"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._jsonl = os.path.join(workdir, "metrics.jsonl")
 
   def write_scalars(self, step: int, scalars: dict, *, console: bool = True):
     if not self.active:
@@ -36,29 +44,43 @@ class MetricWriter:
     clean = {k: float(v) for k, v in scalars.items() if v is not None}
     for name, value in clean.items():
       self._tb.add_scalar(name, value, step)
-    self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
+    if atomic.append_line(self._jsonl, json.dumps({"step": int(step), **clean})):
+      logging.warning("%s: its last line (a record cut by a crash) was incomplete; it is kept, "
+                      "ended, and skipped when read", self._jsonl)
     if console:
       logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in sorted(clean.items())))
 
   def flush(self):
     if self.active:
       self._tb.flush()
-      self._jsonl.flush()
 
   def close(self):
     if self.active:
       self._tb.close()
-      self._jsonl.close()
       self.active = False
 
 
 def read_jsonl(workdir: str) -> list[dict]:
-  """Every record of a run's ``metrics.jsonl`` (in write order)."""
+  """Every record of a run's ``metrics.jsonl`` (in write order); a line that is not a JSON
+  object (one cut by a crash) is skipped and reported."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  records = []
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except ValueError:
+        record = None
+      if not isinstance(record, dict):
+        logging.warning("%s: line %d is not a whole record (cut by a crash?); skipped: %.80r",
+                        path, number, line)
+        continue
+      records.append(record)
+  return records
 
 
 class Progress:

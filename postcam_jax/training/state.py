@@ -27,7 +27,9 @@ def model_config(config) -> PostCamConfig:
 
 
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Clip by global norm -> AdamW on a warmup + constant/cosine schedule (-> MultiSteps)."""
+  """Clip by global norm -> AdamW on a warmup + constant/cosine schedule. Gradient accumulation
+  (``optim.accum_steps``) is inside the train step (``step.make_train_step``): the optimizer sees
+  one averaged gradient per step."""
   o = config.optim
   total = sum(config.stage_steps)
   if o.decay == "constant":
@@ -43,8 +45,6 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
   tx = optax.chain(optax.clip_by_global_norm(o.grad_clip),
                    optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps,
                                weight_decay=o.weight_decay))
-  if o.accum_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=o.accum_steps)
   return tx, schedule
 
 

@@ -26,21 +26,24 @@ from postcam_jax.training.state import (
 
 def make_train_step(graphdef, loss_cfg: losses.LossConfig, *, camera: bool, render: bool,
                     fixed_noise: bool = False, shardings=None, accum_steps: int = 1):
-  """The jitted micro-step ``(params, opt, frozen, rng, batch) -> (params, opt, metrics)``.
+  """The jitted optimizer step ``(params, opt, frozen, rng, batch) -> (params, opt, metrics)``.
 
   ``params``/``opt`` are donated. ``rng`` is the run's base key data; the step's key is
   ``fold_in(rng, optimizer updates so far)``, so a resumed run draws the same noise
-  (``fixed_noise``: the same timesteps and noise at every step, for overfit checks). With
-  ``accum_steps`` > 1 (``optim.accum_steps``, an ``optax.MultiSteps`` optimizer) the batch is one
-  of that many micro-batches of an update and gets its rows of the whole batch's draws
-  (``losses.draw_noise``): accumulation then computes the update of the whole batch, up to float
-  rounding. ``shardings``: the
+  (``fixed_noise``: the same timesteps and noise at every step, for overfit checks); each example
+  draws its own from ``fold_in(key, its row in the whole batch)`` (``losses.draw_noise``).
+
+  ``accum_steps`` > 1 (``optim.accum_steps``): ``batch`` holds that many micro-batches stacked on
+  a leading axis ([accum, micro, ...], :func:`stacked_batch_sharding`); one ``lax.scan`` sums their
+  gradients (each micro-batch draws only its own rows' noise) and the optimizer applies the mean
+  once: the update of the whole batch, up to float rounding, in one call. ``shardings``: the
   (params, opt, frozen, rng, batch) input shardings, and params/opt leave the step in the same
   layouts (the loop passes the state's own, so the parameters keep their declared shardings
   step after step and one executable serves the run); None lets jit follow the arguments' (a
-  cached jit per graphdef and stage). The metrics include ``state_finite``: whether the updated
-  trainable parameters and optimizer state are free of NaN/Inf (the loop never checkpoints a
-  state without).
+  cached jit per graphdef and stage). The metrics: ``loss`` (mean over the micro-batches),
+  ``grad_norm`` (of the applied, averaged gradient), ``sigma_mean`` and ``state_finite``: whether
+  the updated trainable parameters and optimizer state are free of NaN/Inf (one check per step;
+  the loop never checkpoints a state without).
   """
   if shardings is not None:  # a hashable form, so runs of one process share the compile
     leaves, treedef = jax.tree.flatten(tuple(shardings))
@@ -65,18 +68,34 @@ def _train_step_fn(graphdef, loss_cfg, camera, render, fixed_noise, accum_steps)
 
   def step(params, opt, frozen_params, rng, batch):
     model, optimizer = nnx.merge(graphdef, params, frozen_params, opt)
-    update_count, micro_index = _update_position(optimizer)
     key = jax.random.wrap_key_data(rng)
     if not fixed_noise:
-      key = jax.random.fold_in(key, update_count)
-    micro = (micro_index, accum_steps) if accum_steps > 1 else None
+      key = jax.random.fold_in(key, optimizer.step[...])
+    model_graph, weights, rest = nnx.split(model, trainable, ...)
 
-    def loss_fn(m):
-      return losses.flow_matching_loss(m, batch, key, loss_cfg, camera=camera, render=render,
-                                       micro=micro)
+    def loss_and_grad(micro_batch, index):
+      def loss_fn(w):
+        m = nnx.merge(model_graph, w, rest)
+        return losses.flow_matching_loss(m, micro_batch, key, loss_cfg, camera=camera,
+                                         render=render, micro=(index, accum_steps))
+      return jax.value_and_grad(loss_fn, has_aux=True)(weights)
 
-    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable), has_aux=True)
-    (loss, aux), grads = grad_fn(model)
+    if accum_steps == 1:
+      (loss, aux), grads = loss_and_grad(batch, 0)
+    else:
+      def accumulate(carry, xs):
+        grad_sum, loss_sum, sigma_sum = carry
+        index, micro_batch = xs
+        (loss, aux), g = loss_and_grad(micro_batch, index)
+        grad_sum = jax.tree.map(lambda a, b: a + b.astype(a.dtype), grad_sum, g)
+        return (grad_sum, loss_sum + loss, sigma_sum + aux["sigma_mean"]), None
+
+      zeros = jax.tree.map(lambda w: jnp.zeros(w.shape, jnp.float32), weights)
+      (grad_sum, loss_sum, sigma_sum), _ = jax.lax.scan(
+          accumulate, (zeros, jnp.float32(0), jnp.float32(0)),
+          (jnp.arange(accum_steps), batch))
+      grads = jax.tree.map(lambda s, w: (s / accum_steps).astype(w.dtype), grad_sum, weights)
+      loss, aux = loss_sum / accum_steps, {"sigma_mean": sigma_sum / accum_steps}
     optimizer.update(model, grads)
     _, params, _, opt = split_train_state(model, optimizer)
     return params, opt, {"loss": loss, "grad_norm": optax.global_norm(grads),
@@ -85,12 +104,11 @@ def _train_step_fn(graphdef, loss_cfg, camera, render, fixed_noise, accum_steps)
   return step
 
 
-def _update_position(optimizer):
-  """(optimizer updates applied so far, index of this micro-batch in the accumulated batch)."""
-  opt_state = optimizer.opt_state
-  if isinstance(opt_state, optax.MultiStepsState):
-    return opt_state.gradient_step[...], opt_state.mini_step[...]
-  return optimizer.step[...], 0
+def stacked_batch_sharding(batch_shard):
+  """The sharding of ``accum`` stacked micro-batches [accum, micro, ...]: each micro-batch laid
+  out as ``batch_shard`` (a micro-batch's), the stacking axis unsplit."""
+  return jax.sharding.NamedSharding(batch_shard.mesh,
+                                    jax.sharding.PartitionSpec(None, *batch_shard.spec))
 
 
 def all_finite(tree) -> jax.Array:
@@ -130,8 +148,13 @@ def abstract_train_inputs(config, mesh, latent_shape, render_shape=None):
   graphdef, params, frozen_params, opt = split_train_state(model, optimizer)
   states = (params, opt, frozen_params)
   abstract = [_abstract(s, mesh) for s in states]
-  micro = config.data.batch_size // config.optim.accum_steps
+  accum = int(config.optim.accum_steps)
+  micro = config.data.batch_size // accum
   batch = _abstract_batch(cfg, config, micro, latent_shape, render_shape, mesh)
+  if accum > 1:  # the step takes the micro-batches stacked (make_train_step)
+    batch = {k: jax.ShapeDtypeStruct((accum, *v.shape), v.dtype,
+                                     sharding=stacked_batch_sharding(v.sharding))
+             for k, v in batch.items()}
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated(mesh))
   return graphdef, (*abstract, rng, batch)
 

@@ -3,18 +3,21 @@
 Every attention in the models calls :func:`attention` with [B, L, H, D] tensors and an
 ``implementation`` name; the dispatch below is the whole table (nothing registers itself):
 
-- one-device kernels (``local``): ``auto`` (per platform), ``xla``, ``cudnn``, ``splash``,
-  ``splash_interpret`` (the Pallas TPU kernel in interpret mode, for CPU tests);
+- one-device kernels (``local``): ``auto`` (per platform), ``xla``, ``blocked`` (tiles with an
+  online softmax and a recomputing backward: ``blocked.py``, what ``auto`` runs on CPU),
+  ``cudnn``, ``splash``, ``splash_interpret`` (the Pallas TPU kernel in interpret mode, for CPU
+  tests);
 - sequence-parallel schemes over the mesh's sequence axis (``sequence_parallel``): ``sequence``
   (pick per mesh and shapes), ``ulysses``, ``allgather_kv``, ``ring``.
 """
 
-from postcam_jax.models.attention import local, sequence_parallel
+from postcam_jax.models.attention import blocked, local, sequence_parallel
+from postcam_jax.models.attention.blocked import blocked_attention
 from postcam_jax.models.attention.local import xla_attention
 
 IMPLEMENTATIONS = local.KERNELS + ("sequence",) + tuple(sequence_parallel.SCHEMES)
 
-__all__ = ["IMPLEMENTATIONS", "attention", "xla_attention"]
+__all__ = ["IMPLEMENTATIONS", "attention", "blocked", "blocked_attention", "xla_attention"]
 
 
 def attention(q, k, v, *, bias=None, scale=None, implementation: str = "auto", precision=None):

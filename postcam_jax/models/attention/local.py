@@ -1,7 +1,9 @@
-"""Attention kernels that run on one device's whole block: XLA, cuDNN, Pallas splash.
+"""Attention kernels that run on one device's whole block: XLA, blocked, cuDNN, Pallas splash.
 
 :func:`local_attention` picks per platform when asked for ``auto``: cuDNN flash attention on GPU
-(bf16/fp16, head_dim <= 128), splash on TPU (bf16), XLA elsewhere. The platform is the one of the
+(bf16/fp16, head_dim <= 128), splash on TPU (bf16), the blocked online-softmax kernel
+(``blocked.py``: never materialises the [H, Lq, Lk] scores) on CPU, XLA's plain attention
+elsewhere (GPU/TPU in float32, biased attention on TPU). The platform is the one of the
 mesh in context when there is one (``jax.set_mesh``), so a CPU host that traces for an abstract
 TPU topology (``postcam_jax.planning``) gets what a TPU run gets; otherwise the default backend.
 """
@@ -9,9 +11,9 @@ TPU topology (``postcam_jax.planning``) gets what a TPU run gets; otherwise the 
 import jax
 import jax.numpy as jnp
 
-from postcam_jax.models.attention import splash
+from postcam_jax.models.attention import blocked, splash
 
-KERNELS = ("auto", "xla", "cudnn", "splash", "splash_interpret")
+KERNELS = ("auto", "xla", "blocked", "cudnn", "splash", "splash_interpret")
 
 
 def default_scale(q) -> float:
@@ -52,8 +54,10 @@ def auto_kernel(q, plain: bool = True) -> str:
   where = platform()
   if where == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128:
     return "cudnn"
-  if where == "tpu" and q.dtype == jnp.bfloat16 and plain:
+  if where == "tpu" and q.dtype == jnp.bfloat16 and plain and not splash.in_checked_shard_map(q):
     return "splash"
+  if where == "cpu":
+    return "blocked"
   return "xla"
 
 
@@ -64,6 +68,8 @@ def local_attention(q, k, v, *, kernel: str = "auto", bias=None, scale=None, pre
     kernel = auto_kernel(q, plain)
   if kernel == "xla":
     return xla_attention(q, k, v, bias=bias, scale=scale, precision=precision)
+  if kernel == "blocked":
+    return blocked.blocked_attention(q, k, v, bias=bias, scale=scale, precision=precision)
   if kernel == "cudnn":
     return cudnn_attention(q, k, v, bias=bias, scale=scale, precision=precision)
   if kernel in ("splash", "splash_interpret"):

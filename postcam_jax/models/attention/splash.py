@@ -26,7 +26,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax._src import config as jax_config
 from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib
 from jax.sharding import PartitionSpec as P
 
@@ -140,14 +139,23 @@ def _varying_axes(x):
   return getattr(mat, "varying", ()) or ()
 
 
+def in_checked_shard_map(*xs) -> bool:
+  """Whether ``xs`` are traced inside a ``shard_map`` with ``check_vma=True`` (their types carry
+  the mesh axes they vary over)."""
+  return any(_varying_axes(x) for x in xs)
+
+
 def _in_shard_map(q, k, v, interpret):
-  """Inside a ``shard_map``: the library kernel declares its outputs without a varying-axes type,
-  which ``check_vma=True`` rejects, so it is traced with the check off and its output marked as
-  varying over the axes its inputs vary over."""
-  varying = tuple(sorted(set(_varying_axes(q)) | set(_varying_axes(k))))
-  with jax_config._check_vma(False):  # noqa: SLF001  (no public switch in jax 0.10.2)
-    out = _local_splash(q, k, v, interpret)
-  return jax.lax.pcast(out, varying, to="varying") if varying else out
+  """Inside a ``shard_map`` (the project's all pass ``check_vma=False``): the kernel as is. The
+  library kernel declares its outputs without a varying-axes type, which ``check_vma=True``
+  rejects; ``auto`` then picks another kernel (``local.auto_kernel``), an explicit request fails
+  here with the fix."""
+  if in_checked_shard_map(q, k, v):
+    raise ValueError("the splash kernel cannot run inside a shard_map with check_vma=True (the "
+                     "Pallas kernel's outputs carry no varying-axes type); pass check_vma=False to "
+                     "that shard_map, as postcam_jax's sequence-parallel schemes do, or use "
+                     "implementation='auto'")
+  return _local_splash(q, k, v, interpret)
 
 
 def _keep(entry, allowed):

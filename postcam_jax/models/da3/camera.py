@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from postcam_jax.models.attention import attention
 from postcam_jax.models.da3 import blocks, layers
 from postcam_jax.models.da3.layers import LayerNorm
 
@@ -104,7 +105,6 @@ class CameraEncoder(nnx.Module):
     self.depth = depth
 
   def __call__(self, w2c, intrinsics, image_hw):
-    from postcam_jax.models.attention import attention  # pylint: disable=import-outside-toplevel
 
     x = self.token_norm(self.pose_branch(cameras_to_pose_encoding(w2c, intrinsics, image_hw)))
 

@@ -1,0 +1,238 @@
+"""Latent-record preparation on TPU, planned by ahead-of-time compilation: the Wan-VAE encode, the
+umT5 encode and the render of ``python -m postcam_jax.data.prepare --latents`` at 41 x 480 x 832,
+compiled for one host of v5p and of v6e, per-chip memory and the cost model's time, and the hours
+to encode the whole MultiCamVideo dataset.
+
+  python benchmarks/encode_plan.py [--topologies v5p:2x2x1,v6e:2x4] [--per_chip 1] [--out F.json]
+
+Each step is what ``postcam_jax.data.encoders.Encoders`` runs, on the host's chips as one
+``data`` mesh (the preparation's ``local_mesh``), a batch of ``per_chip`` items per chip split
+over the chips (data parallel: the time per batch is the time per chip's items):
+
+- ``vae``: ``WanVAE.encode`` of [B, 41, 480, 832, 3] bf16 frames (full Wan2.1 VAE, float32 as
+  Wan runs it, and bfloat16) -> normalised latents [B, 11, 60, 104, 16];
+- ``vae_render``: the same on the 4x-down render [B, 41, 120, 208, 3];
+- ``render``: ``encoders.render_batch`` (the release's forward warp of 41 frames, 4x down);
+- ``t5``: umT5-XXL (bf16, 24 layers) on [B, 512] token ids.
+
+Memory is ``memory_analysis()`` of the whole step. Time is the TPU cost model's
+``optimal_seconds`` (``postcam_jax.planning.cost.cost_of``), corrected for its blind spot on
+loops (a ``while`` body is priced once): the VAE's chunk scan (1 + 10 chunks) is priced as the
+whole encode plus 9 more chunk steps (the chunk step compiled alone), umT5's layer scan as the
+1-layer model plus 23 more layers (one layer compiled alone), the render's per-frame map as 41 x
+the 1-frame render. The output's last table is the dataset plan: 13,600 scenes x 10 cameras,
+one 41-frame clip (frames 0, 2, ..., 80) per video, every ordered pair (90 per scene) rendered.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from postcam_jax import parallel  # noqa: E402
+from postcam_jax.data import encoders  # noqa: E402
+from postcam_jax.models import t5 as t5_lib  # noqa: E402
+from postcam_jax.models import vae as vae_lib  # noqa: E402
+from postcam_jax.parallel import chips  # noqa: E402
+from postcam_jax.planning.cost import cost_of, memory_of  # noqa: E402
+from postcam_jax.planning.topology import GIB, topology_devices  # noqa: E402
+
+FRAMES, HEIGHT, WIDTH = 41, 480, 832
+TEXT_LEN = 512
+SCENES, CAMERAS = 13_600, 10
+PAIRS_PER_SCENE = CAMERAS * (CAMERAS - 1)
+PODS = {"v5p-8 (4 chips, 1 host)": 4, "v5p-64 (32 chips, 8 hosts)": 32}
+
+
+def abstract_module(factory, mesh):
+  """(graphdef, parameter ShapeDtypeStructs with the project's shardings on ``mesh``)."""
+  graphdef, state = nnx.split(nnx.eval_shape(factory))
+  shardings = parallel.param_shardings(state, mesh)
+  pure = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+                      nnx.to_pure_dict(state), shardings)
+  return graphdef, state, pure
+
+
+def merged(graphdef, template, pure):
+  state = jax.tree.map(lambda v: v, template)
+  nnx.replace_by_pure_dict(state, pure)
+  return nnx.merge(graphdef, state)
+
+
+def batch_sds(mesh, shape, dtype):
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, P("data")))
+
+
+def compile_on(mesh, fn, *args):
+  with jax.set_mesh(mesh):
+    return jax.jit(fn).lower(*args).compile()
+
+
+def vae_plan(mesh, batch, height, width, dtype) -> dict:
+  cfg = vae_lib.WanVAEConfig.full()
+  graphdef, template, params = abstract_module(
+      lambda: vae_lib.WanVAE(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype), mesh)
+
+  def encode(p, video):
+    return merged(graphdef, template, p).encode(video)
+
+  def first(p, video):
+    vae = merged(graphdef, template, p)
+    return vae.encoder(video[:, :1].astype(vae.dtype))
+
+  def chunk(p, x, cache):
+    vae = merged(graphdef, template, p)
+    return vae.encoder(x.astype(vae.dtype), cache)
+
+  video = batch_sds(mesh, (batch, FRAMES, height, width, 3), jnp.bfloat16)
+  t0 = time.time()
+  whole = compile_on(mesh, encode, params, video)
+  out = {"memory": memory_of(whole), "whole": cost_of(whole)}
+  # The loop's body priced once in the whole step: the 2-chunk encode costs the same (checked).
+  short = batch_sds(mesh, (batch, 9, height, width, 3), jnp.bfloat16)
+  out["whole_9_frames"] = cost_of(compile_on(mesh, encode, params, short))
+  _, cache = jax.eval_shape(first, params, video)
+  cache = jax.tree.map(lambda c: jax.ShapeDtypeStruct(c.shape, c.dtype,
+                                                      sharding=NamedSharding(mesh, P("data"))),
+                       cache)
+  x = batch_sds(mesh, (batch, vae_lib.CHUNK_FRAMES, height, width, 3), jnp.bfloat16)
+  out["chunk"] = cost_of(compile_on(mesh, chunk, params, x, cache))
+  chunks = (FRAMES - 1) // vae_lib.CHUNK_FRAMES
+  out["seconds"] = (out["whole"]["optimal_seconds"]
+                    + (chunks - 1) * out["chunk"]["optimal_seconds"])
+  out["compile_seconds"] = time.time() - t0
+  return out
+
+
+def render_plan(mesh, batch) -> dict:
+  def args(frames):
+    return (batch_sds(mesh, (batch, frames, HEIGHT, WIDTH, 3), jnp.float32),
+            batch_sds(mesh, (batch, frames, HEIGHT, WIDTH), jnp.float32),
+            batch_sds(mesh, (batch, frames, 4, 4), jnp.float32),
+            batch_sds(mesh, (batch, frames, 4, 4), jnp.float32),
+            batch_sds(mesh, (batch, 3, 3), jnp.float32))
+
+  t0 = time.time()
+  whole = compile_on(mesh, encoders.render_batch, *args(FRAMES))
+  one = cost_of(compile_on(mesh, encoders.render_batch, *args(1)))
+  return {"memory": memory_of(whole), "whole": cost_of(whole), "one_frame": one,
+          "seconds": FRAMES * one["optimal_seconds"], "compile_seconds": time.time() - t0}
+
+
+def t5_plan(mesh, batch) -> dict:
+  full = t5_lib.UMT5Config.umt5_xxl()
+  dtype = jnp.bfloat16
+
+  def model_parts(cfg):
+    return abstract_module(lambda: t5_lib.UMT5Encoder(cfg, rngs=nnx.Rngs(0), dtype=dtype,
+                                                      param_dtype=dtype), mesh)
+
+  def encode_with(parts):
+    graphdef, template, _ = parts
+    return lambda p, ids, mask: merged(graphdef, template, p)(ids, mask)
+
+  ids = batch_sds(mesh, (batch, TEXT_LEN), jnp.int32)
+  mask = batch_sds(mesh, (batch, TEXT_LEN), jnp.bool_)
+  t0 = time.time()
+  parts = model_parts(full)
+  whole = compile_on(mesh, encode_with(parts), parts[2], ids, mask)
+  one_layer = model_parts(full.replace(num_layers=1))
+  c1 = cost_of(compile_on(mesh, encode_with(one_layer), one_layer[2], ids, mask))
+  graphdef, template, params = abstract_module(
+      lambda: t5_lib.T5Block(full, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype), mesh)
+  buckets = jnp.asarray(t5_lib.relative_position_buckets(TEXT_LEN, full.num_buckets,
+                                                         full.max_distance))
+
+  def block(p, x, mask):
+    return merged(graphdef, template, p)(x, mask, buckets)
+
+  x = batch_sds(mesh, (batch, TEXT_LEN, full.dim), dtype)
+  layer = cost_of(compile_on(mesh, block, params, x, mask))
+  return {"memory": memory_of(whole), "whole": cost_of(whole), "one_layer_model": c1,
+          "layer": layer,
+          "seconds": c1["optimal_seconds"] + (full.num_layers - 1) * layer["optimal_seconds"],
+          "compile_seconds": time.time() - t0}
+
+
+def plan_topology(topology: str, per_chip: int) -> dict:
+  devices = topology_devices(topology)
+  n = len(devices)
+  mesh = parallel.make_mesh({"data": n}, devices=devices)
+  chip = chips.chip_for_topology(topology)
+  batch = n * per_chip
+  out = {"topology": topology, "chips": n, "chip": chip.name, "batch": batch,
+         "usable_hbm_gib": chip.usable_hbm / GIB}
+  steps = {"vae_f32": lambda: vae_plan(mesh, batch, HEIGHT, WIDTH, jnp.float32),
+           "vae_bf16": lambda: vae_plan(mesh, batch, HEIGHT, WIDTH, jnp.bfloat16),
+           "vae_render_f32": lambda: vae_plan(mesh, batch, HEIGHT // 4, WIDTH // 4, jnp.float32),
+           "render": lambda: render_plan(mesh, batch),
+           "t5": lambda: t5_plan(mesh, batch)}
+  for name, make in steps.items():
+    try:
+      out[name] = make()
+    except Exception as e:  # the compiler's out-of-memory verdict, reported as such
+      out[name] = {"error": str(e).splitlines()[0][:300]}
+    print(f"{topology} {name}: {summary_line(out[name], per_chip)}", flush=True)
+  return out
+
+
+def summary_line(step: dict, per_chip: int) -> str:
+  if "error" in step:
+    return f"no plan: {step['error']}"
+  return (f"{step['memory']['total'] / GIB:.2f} GiB per chip, {step['seconds']:.4f} s per batch "
+          f"({step['seconds'] / per_chip:.4f} s per item per chip), compiled in "
+          f"{step['compile_seconds']:.0f} s")
+
+
+def dataset_hours(plan: dict, per_chip: int, vae_key: str) -> dict:
+  """Chip-seconds per item of each step -> hours for the dataset on each pod (data parallel)."""
+  videos = SCENES * CAMERAS
+  pairs = SCENES * PAIRS_PER_SCENE
+  per_item = {k: plan[k]["seconds"] / per_chip for k in (vae_key, "vae_render_f32", "render",
+                                                        "t5")}
+  chip_seconds = {"videos (VAE)": videos * per_item[vae_key],
+                  "captions (umT5)": videos * per_item["t5"],
+                  "renders (warp)": pairs * per_item["render"],
+                  "renders (VAE)": pairs * per_item["vae_render_f32"]}
+  total = sum(chip_seconds.values())
+  return {"chip_hours": {k: v / 3600 for k, v in chip_seconds.items()},
+          "total_chip_hours": total / 3600,
+          "pods": {pod: total / chips_ / 3600 for pod, chips_ in PODS.items()}}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--topologies", default="v5p:2x2x1,v6e:2x4")
+  parser.add_argument("--per_chip", type=int, default=1, help="items per chip in one batch")
+  parser.add_argument("--out", default=None, help="write every number here (json)")
+  args = parser.parse_args(argv)
+  plans = [plan_topology(t, args.per_chip) for t in args.topologies.split(",")]
+  for plan in plans:
+    if all("seconds" in plan.get(k, {}) for k in ("vae_f32", "vae_render_f32", "render", "t5")):
+      for vae_key in ("vae_f32", "vae_bf16"):
+        if "seconds" not in plan.get(vae_key, {}):
+          continue
+        plan[f"dataset_{vae_key}"] = hours = dataset_hours(plan, args.per_chip, vae_key)
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in hours["chip_hours"].items())
+        pods = ", ".join(f"{p}: {h:.1f} h" for p, h in hours["pods"].items())
+        print(f"{plan['topology']} dataset with {vae_key}: {hours['total_chip_hours']:.0f} "
+              f"chip-hours ({parts}); {pods}")
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(plans, f, indent=1, default=lambda o: float(o) if np.isscalar(o) else str(o))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
