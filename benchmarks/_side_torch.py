@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+import types
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -39,6 +40,11 @@ def parse(argv=None):
 
 ARGS = parse() if __name__ == "__main__" else None
 THREADS = _procs.pin(ARGS.threads) if ARGS else 0
+
+# torchvision's fake-kernel registrations fail against this CPU torch and break diffusers'
+# import; only torch.compile uses them (the same stand-in as tests/conftest.py).
+sys.modules.setdefault("torchvision._meta_registrations",
+                       types.ModuleType("torchvision._meta_registrations"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -1,12 +1,25 @@
-"""Jitted JAX Wan DiT forward vs diffusers' eager WanTransformer3DModel: same config, same
-weights, same device, same dtype, in one run; prints the ratio.
+"""The jitted Wan DiT forward against diffusers' eager ``WanTransformer3DModel``, side by side.
 
-  python benchmarks/dit_forward.py [--configs tiny,mid] [--repeats 3] [--threads N]
-  python benchmarks/dit_forward.py --device gpu --dtype bfloat16 --configs 1p3b   # on a GPU
+  python benchmarks/dit_forward.py [--sizes 2k,8k,35k] [--head-dims 64,128] [--threads N]
+      [--repeats 2] [--precision float32]
 
-``--device gpu`` runs JAX on its GPU backend and diffusers on CUDA; ``--dtype bfloat16`` runs
-diffusers with bf16 weights and JAX with the matching all-bf16 ``release`` policy. ``1p3b`` is
-the full Wan2.1-1.3B at 480x832x41 frames (latent [1, 11, 60, 104, 16], 34,320 tokens).
+For every size and head_dim, diffusers builds the model with random weights (every parameter
+perturbed) and runs it (``_side_torch.py``, its own process pinned to ``--threads`` CPUs, torch
+with as many threads); the JAX side converts those weights through ``convert_dit`` and runs the
+jitted forward on the same inputs (``_side_jax.py``, same CPUs). Prints per row the best wall time
+of each side, JAX / PyTorch (<= 1: JAX is faster), peak resident memory of each process and its
+rise during the timed forwards, JAX's compile time, the parity of the outputs and the 1-minute
+load average after the row (see ``postcam_forward.py``). The plain
+DiT has no render or camera stream: the release's PostCam forward is
+``benchmarks/postcam_forward.py``.
+
+Sizes (model dim 512, ffn 1536, text_dim 512, a 512-row context):
+
+| name | latent [F, H, W] | tokens | layers |
+|---|---|---|---|
+| 2k | 22, 16, 24 | 2,112 | 8 |
+| 8k | 22, 30, 52 | 8,580 | 8 |
+| 35k | 22, 60, 104 | 34,320 (the main tokens of PostCam at 480x832x41) | 2 |
 """
 
 import argparse
@@ -14,75 +27,74 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if "--device" not in sys.argv or "cpu" in sys.argv[sys.argv.index("--device") + 1:][:1]:
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from flax import nnx  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
-from benchmarks import _timing  # noqa: E402
-from postcam_jax.convert import wan as wan_convert  # noqa: E402
-from postcam_jax.io import model_dir  # noqa: E402
-from tests import reference  # noqa: E402
+from benchmarks import _procs  # noqa: E402
+from benchmarks.postcam_forward import GIB, model_flags, rel_err  # noqa: E402
 
-# name -> (model kwargs, latent [F, H, W], context length)
-CONFIGS = {
-    "tiny": (dict(dim=64, num_heads=2, ffn_dim=128, num_layers=2, text_dim=32), (3, 16, 16), 16),
-    # a few thousand tokens: 6 x 20 x 26 = 3120
-    "mid": (dict(dim=512, num_heads=8, ffn_dim=1536, num_layers=8, text_dim=512), (6, 40, 52), 64),
-    "1p3b": (dict(dim=1536, num_heads=12, ffn_dim=8960, num_layers=30, text_dim=4096),
-             (11, 60, 104), 512),
-}
+SIZES = {"2k": ((22, 16, 24), 8), "8k": ((22, 30, 52), 8), "35k": ((22, 60, 104), 2)}
+HEADER = ("| size | tokens | head_dim | layers | JAX s | PyTorch s | JAX / PyTorch | "
+          "JAX peak / forward GiB | PyTorch peak / forward GiB | JAX compile s | parity | load |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def run(name, repeats, device, dtype):
-  kw, (f, h, w), ctx_len = CONFIGS[name]
-  cfg = reference.tiny_wan_kwargs(**kw)
-  ref = reference.diffusers_wan(cfg, seed=0)
-  with tempfile.TemporaryDirectory() as d:
-    ref.save_pretrained(f"{d}/src")
-    wan_convert.convert_dit(f"{d}/src", f"{d}/jax")
-    model = model_dir.load_dit(f"{d}/jax", precision="release" if dtype == "bfloat16"
-                                 else "float32")
-  ref = ref.to("cuda" if device == "gpu" else "cpu",
-               torch.bfloat16 if dtype == "bfloat16" else torch.float32)
-  rng = np.random.default_rng(0)
-  lat = rng.standard_normal((1, f, h, w, 16)).astype(np.float32)
-  t = np.array([700.0], np.float32)
-  ctx = rng.standard_normal((1, ctx_len, cfg["text_dim"])).astype(np.float32)
+def row(name, latent, layers, head_dim, args, workdir):
+  f, h, w = latent
+  flags = model_flags(args.dim, head_dim, layers, args)
+  shape = ["--latent", f"{f},{h},{w}"]
+  torch_side = _procs.run_child([os.path.join(REPO, "benchmarks", "_side_torch.py"), "--model",
+                                 "dit", "--workdir", workdir, *shape, *flags])
+  jax_side = _procs.run_child([os.path.join(REPO, "benchmarks", "_side_jax.py"), "--model", "dit",
+                               "--workdir", workdir, *shape, "--precision", args.precision,
+                               *flags])
+  parity = rel_err(np.load(os.path.join(workdir, "jax_out.npy")),
+                   np.load(os.path.join(workdir, "torch_out.npy")))
+  return dict(size=name, tokens=f * (h // 2) * (w // 2), layers=layers, head_dim=head_dim,
+              jax=jax_side, torch=torch_side, ratio=jax_side["seconds"] / torch_side["seconds"],
+              parity=parity, load=os.getloadavg()[0])
 
-  graphdef, state = nnx.split(model)
-  fwd = jax.jit(lambda s, x, t, c: nnx.merge(graphdef, s)(x, t, c))
-  args = (state, jnp.asarray(lat), jnp.asarray(t), jnp.asarray(ctx))
-  y = fwd(*args).block_until_ready()
-  t_jax = _timing.time_fn(lambda: fwd(*args).block_until_ready(), repeats=repeats)
-  want = reference.diffusers_forward(ref, lat, t, ctx, cfg["text_len"])
-  t_torch = _timing.time_fn(lambda: reference.diffusers_forward(ref, lat, t, ctx,
-                                                                cfg["text_len"]),
-                            repeats=repeats)
-  tokens = f * (h // 2) * (w // 2)
-  print(f"{name}: dim {cfg['dim']} x {cfg['num_layers']} layers, {tokens} tokens | "
-        f"jax jit {t_jax * 1e3:.1f} ms, diffusers eager {t_torch * 1e3:.1f} ms, "
-        f"ratio torch/jax {t_torch / t_jax:.2f}x | parity {_timing.rel_err(y, want):.2e}")
+
+def format_row(r) -> str:
+  j, t = r["jax"], r["torch"]
+  return (f"| {r['size']} | {r['tokens']:,} | {r['head_dim']} | {r['layers']} | "
+          f"{j['seconds']:.3f} | {t['seconds']:.3f} | **{r['ratio']:.2f}** | "
+          f"{j['peak_rss'] / GIB:.2f} / {j['forward_extra_rss'] / GIB:.2f} | "
+          f"{t['peak_rss'] / GIB:.2f} / {t['forward_extra_rss'] / GIB:.2f} | "
+          f"{j['compile_seconds']:.1f} | {r['parity']:.1e} | {r['load']:.1f} |")
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__)
-  p.add_argument("--configs", default="tiny,mid")
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-  p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--sizes", default="2k,8k,35k")
+  p.add_argument("--head-dims", default="64,128")
+  p.add_argument("--threads", type=int, default=0, help="CPUs per side (0: all of this process's)")
+  p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--dim", type=int, default=512)
+  p.add_argument("--ffn", type=int, default=1536)
+  p.add_argument("--text-dim", type=int, default=512)
+  p.add_argument("--layers", default="", help="override the layers of every size")
+  p.add_argument("--precision", default="float32")
   args = p.parse_args()
-  if args.threads:
-    torch.set_num_threads(args.threads)
-  print(_timing.machine(), f"| torch {torch.__version__}, {torch.get_num_threads()} threads")
-  for name in args.configs.split(","):
-    run(name, args.repeats, args.device, args.dtype)
+  args.threads = args.threads or len(os.sched_getaffinity(0))
+  print(f"{args.threads} CPU thread(s) per side; {os.cpu_count()} CPUs on this machine")
+  print(HEADER, flush=True)
+  rows = []
+  for name in args.sizes.split(","):
+    latent, layers = SIZES[name]
+    layers = int(args.layers) if args.layers else layers
+    for head_dim in (int(d) for d in args.head_dims.split(",")):
+      with tempfile.TemporaryDirectory() as workdir:
+        r = row(name, latent, layers, head_dim, args, workdir)
+      rows.append(r)
+      print(format_row(r), flush=True)
+  print(f"jax {rows[0]['jax']['jax']}, torch {rows[0]['torch']['torch']} (diffusers), threads: "
+        f"jax {rows[0]['jax']['threads']}, torch {rows[0]['torch']['threads']}")
+  worst = max(rows, key=lambda r: r["ratio"])
+  print(f"worst JAX / PyTorch: {worst['ratio']:.2f} ({worst['size']}, head_dim "
+        f"{worst['head_dim']})")
 
 
 if __name__ == "__main__":

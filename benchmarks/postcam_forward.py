@@ -10,7 +10,9 @@ compiled once, timed after a warm-up call) and the release's eager forward (``_s
 ``tests/release_reference.ReleaseWanModel``, the release's code path checked against its own
 fixture, or the release's ``WanModel`` from ``--release-checkout``). Prints per row the best wall
 time of each side, their ratio (JAX / PyTorch: <= 1 means JAX is faster), the peak resident
-memory of each process and its rise during the timed forwards, and the parity of the outputs.
+memory of each process and its rise during the timed forwards, the parity of the outputs, and
+the machine's 1-minute load average after the row (above the CPU count, other processes were
+competing for the cores: the times are then upper bounds for both sides).
 
 Sizes (model dim 512, ffn 1536, text_dim 512, a 512-row context; render latent 4x smaller):
 
@@ -62,7 +64,7 @@ def row(name, latent, layers, head_dim, args, workdir):
   return dict(size=name, latent=latent, main_tokens=2 * f * (h // 2) * (w // 2),
               render_tokens=f * (h // 8) * (w // 8), layers=layers, head_dim=head_dim,
               jax=jax_side, torch=torch_side, ratio=jax_side["seconds"] / torch_side["seconds"],
-              parity=parity)
+              parity=parity, load=os.getloadavg()[0])
 
 
 def format_row(r) -> str:
@@ -71,12 +73,12 @@ def format_row(r) -> str:
           f"{r['layers']} | {j['seconds']:.3f} | {t['seconds']:.3f} | **{r['ratio']:.2f}** | "
           f"{j['peak_rss'] / GIB:.2f} / {j['forward_extra_rss'] / GIB:.2f} | "
           f"{t['peak_rss'] / GIB:.2f} / {t['forward_extra_rss'] / GIB:.2f} | "
-          f"{j['compile_seconds']:.1f} | {r['parity']:.1e} |")
+          f"{j['compile_seconds']:.1f} | {r['parity']:.1e} | {r['load']:.1f} |")
 
 
 HEADER = ("| size | main + render tokens | head_dim | layers | JAX s | PyTorch s | JAX / PyTorch | "
-          "JAX peak / forward GiB | PyTorch peak / forward GiB | JAX compile s | parity |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+          "JAX peak / forward GiB | PyTorch peak / forward GiB | JAX compile s | parity | load |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main():

@@ -97,6 +97,9 @@ def test_bfloat16_backbone_runs_close_to_float32(small):
   frames = video(4, 60, 90)
   want = estimate_lib.estimate(jax_model, frames, process_res=56)
   got = estimate_lib.estimate(bf16, frames, process_res=56)
-  assert np.all(np.isfinite(got.depth)) and np.all(np.isfinite(got.extrinsics))
+  for a in (got.depth, got.conf, got.extrinsics, got.intrinsics):
+    assert np.all(np.isfinite(a))
+  # Depth only: with random weights a field of view can sit at the ReLU's zero (the focal length
+  # then jumps to (W/2) / 1e-6) and the reference view's argmin can flip, so cameras are no
+  # measure of bf16 here.
   assert ref.relative_error(got.depth, want.depth) < 0.05
-  assert ref.relative_error(got.intrinsics, want.intrinsics) < 0.05

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from postcam_jax.depth import opencv_resize
 from postcam_jax.depth import preprocess as pp
 from tests import da3_reference as ref
 
@@ -47,7 +48,8 @@ def test_release_shapes_bit_exact(src, dst, kind):
     img = _image(rng, *src, smooth)
     flag = cv2.INTER_AREA if kind == "area" else cv2.INTER_CUBIC
     want = cv2.resize(img, dst[::-1], interpolation=flag)
-    got = pp.resize(img[None], *dst, kind)[0]
+    resize = opencv_resize.resize_area if kind == "area" else opencv_resize.resize_cubic
+    got = resize(img[None], dst)[0]
     np.testing.assert_array_equal(got, want)
     if kind == "area":  # IPP is never used for INTER_AREA: the same bits with it enabled
       cv2.ipp.setUseIPP(True)
@@ -61,10 +63,10 @@ def test_random_sizes_bit_exact():
     h, w = (int(v) for v in rng.integers(3, 90, 2))
     img = _image(rng, h, w, bool(rng.integers(2)))
     ch, cw = (int(v) for v in rng.integers(2, 120, 2))
-    np.testing.assert_array_equal(pp.resize(img[None], ch, cw, "cubic")[0],
+    np.testing.assert_array_equal(opencv_resize.resize_cubic(img[None], (ch, cw))[0],
                                   cv2.resize(img, (cw, ch), interpolation=cv2.INTER_CUBIC))
     ah, aw = int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1))
-    np.testing.assert_array_equal(pp.resize(img[None], ah, aw, "area")[0],
+    np.testing.assert_array_equal(opencv_resize.resize_area(img[None], (ah, aw))[0],
                                   cv2.resize(img, (aw, ah), interpolation=cv2.INTER_AREA))
 
 
@@ -99,5 +101,7 @@ def test_equals_release_input_processor(shape, res, method):
 def test_bad_frames():
   with pytest.raises(ValueError, match="uint8"):
     pp.resize_frames(np.zeros((2, 10, 10, 3), np.float32))
-  with pytest.raises(ValueError, match="shrinking"):
-    pp.resize(np.zeros((1, 10, 10, 3), np.uint8), 12, 10, "area")
+  with pytest.raises(ValueError, match="uint8"):
+    opencv_resize.resize_area(np.zeros((1, 10, 10, 3), np.float32), (5, 5))
+  with pytest.raises(ValueError, match=r"\[\.\.\., H, W, C\]"):
+    opencv_resize.resize_cubic(np.zeros((10, 10), np.uint8), (12, 12))

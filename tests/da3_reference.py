@@ -60,10 +60,14 @@ def da3():
   """The imported package as a namespace: api, nets, heads, camera modules."""
   sys.modules.setdefault("torchvision._meta_registrations",
                          types.ModuleType("torchvision._meta_registrations"))
+  # Only for what is not installed: a placeholder for an installed module (matplotlib, a
+  # runtime dependency) would leak into every later test of this process. The installed set is
+  # decided before any placeholder exists (find_spec refuses a placeholder parent package).
+  missing = {n.split(".")[0] for n in _EXPORT_MODULES
+             if n.split(".")[0] not in sys.modules and importlib.util.find_spec(
+                 n.split(".")[0]) is None}
   for name in _EXPORT_MODULES:
-    # Only for what is not installed: a placeholder for an installed module (matplotlib, a
-    # runtime dependency) would leak into every later test of this process.
-    if name not in sys.modules and importlib.util.find_spec(name.split(".")[0]) is None:
+    if name.split(".")[0] in missing and name not in sys.modules:
       sys.modules[name] = _placeholder(name)
   import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(1)

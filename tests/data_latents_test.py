@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 import sentencepiece
@@ -40,6 +41,7 @@ from postcam_jax.models.da3.config import BackboneConfig, DA3Config, HeadConfig,
 from postcam_jax.models.da3.model import DA3Model
 from postcam_jax.models.t5 import UMT5Config, UMT5Encoder
 from postcam_jax.models.vae import WanVAE, WanVAEConfig
+from postcam_jax.training import data as train_data
 from postcam_jax.training import metrics
 from tests.conftest import REPO
 
@@ -196,8 +198,10 @@ def test_each_video_and_caption_is_encoded_once(prepared):
   assert len(spy.videos) == scenes * CAMERAS == len(set(spy.videos))  # one per video, no repeat
   assert spy.renders == scenes * PAIRS  # only the render is per pair
   assert len(spy.captions) == scenes * 2  # the distinct captions of each scene
-  # The VAE itself: one batched call for a scene's videos and one for its renders (batch 8).
-  assert spy.vae_calls == 2 * scenes
+  # The VAE itself: per scene, batched calls for its videos, then for its renders (one each
+  # with the test's 8 devices).
+  batch = jax.local_device_count()
+  assert spy.vae_calls == scenes * (-(-CAMERAS // batch) - (-PAIRS // batch))
 
 
 def test_records_are_the_models_outputs(assets, prepared):
@@ -354,6 +358,12 @@ def test_both_stages_train_from_the_records(prepared, tmp_path):
   assert len(losses) == 2 * steps and np.all(np.isfinite(losses))
   for stage in (losses[:steps], losses[steps:]):
     assert np.mean(stage[-3:]) < np.mean(stage[:3]), stage
+  # The held-out batches (the test split) are padded the same way: zero rows after the caption.
+  config.eval.num_batches = 1
+  batch = train_data.eval_batches(config, 0, 1)[0]
+  assert batch["text_embedding"].shape == (2, TEXT_LEN, 32)
+  assert batch["text_embedding"].dtype == np.float32 and not np.any(batch["text_embedding"][:, 5:])
+  assert np.any(batch["text_embedding"][:, :5])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from numpy._core import _multiarray_umath
 from PIL import Image
 
 from postcam_jax.core import atomic
-from postcam_jax.depth import release
+from postcam_jax.depth import opencv_resize, release
 from postcam_jax.inference import inputs
 from postcam_jax.io import video
 from tests.conftest import FIXTURES, REPO
@@ -192,13 +192,13 @@ SIZE_PAIRS = [(294, 480), (504, 832), (480, 240), (832, 416), (291, 294), (100, 
 def test_nearest_indices_equal_opencv(prediction):
   for key, (src, dst) in (("nearest_rows", (294, 480)), ("nearest_cols", (504, 832)),
                           ("nearest_rows_half", (480, 240)), ("nearest_cols_half", (832, 416))):
-    np.testing.assert_array_equal(release.nearest_indices(src, dst), prediction[key], key)
+    np.testing.assert_array_equal(opencv_resize.nearest_indices(src, dst), prediction[key], key)
   for src, dst in SIZE_PAIRS:
     ramp = np.tile(np.arange(src, dtype=np.float32), (3, 1))
     want = cv2.resize(ramp, (dst, 3), interpolation=cv2.INTER_NEAREST)[0]
-    np.testing.assert_array_equal(release.nearest_indices(src, dst), want, f"{src}->{dst}")
+    np.testing.assert_array_equal(opencv_resize.nearest_indices(src, dst), want, f"{src}->{dst}")
   maps = np.random.default_rng(0).standard_normal((2, 294, 504)).astype(np.float32)
-  got = release.resize_nearest(maps, (480, 832))
+  got = opencv_resize.resize_nearest(maps, (480, 832))
   for m, g in zip(maps, got):
     np.testing.assert_array_equal(g, cv2.resize(m, (832, 480), interpolation=cv2.INTER_NEAREST))
 
@@ -229,7 +229,7 @@ def test_resize_area_equals_opencv(src, dst, channels):
   for image in (noise, np.repeat(ramp[..., None], channels, axis=-1)):
     want = cv2.resize(image, (dst[1], dst[0]), interpolation=cv2.INTER_AREA).reshape(*dst,
                                                                                     channels)
-    np.testing.assert_array_equal(release.resize_area(image, dst), want)
+    np.testing.assert_array_equal(opencv_resize.resize_area(image, dst), want)
 
 
 def converter_image(frame: np.ndarray) -> np.ndarray:

@@ -112,6 +112,7 @@ def test_hook_numbers_are_those_of_the_trained_model(hooked_run, da3):
 
 
 def test_hook_needs_a_decodable_codec(cache_dir):
+  assert dict(common.camera_eval()) == camera_eval.DEFAULTS  # the config's fields, the defaults
   config = tiny_config(cache_dir, encoder="patch")
   config.eval.camera = common.camera_eval(enabled=True, every=1)
   with pytest.raises(ValueError, match="set data.encoder='pca'"):

@@ -28,7 +28,7 @@ import dataclasses
 
 import numpy as np
 
-from postcam_jax.depth import estimate, release
+from postcam_jax.depth import estimate, opencv_resize
 
 MIN_SPREAD_M = 1e-3  # RMS distance of the views' centres to their mean below which s is unknown
 
@@ -102,7 +102,7 @@ def align_prediction(depth: np.ndarray, extrinsics: np.ndarray, dataset_w2c: np.
                      f"{len(depth)}, {len(extrinsics)}, {len(dataset_w2c)}")
   fit = similarity_fit(camera_centres(extrinsics), camera_centres(dataset_w2c))
   source = depth[:num_source] * np.float32(fit.scale)
-  return MetricDepth(release.resize_nearest(source, tuple(hw)).astype(np.float32), fit)
+  return MetricDepth(opencv_resize.resize_nearest(source, tuple(hw)).astype(np.float32), fit)
 
 
 def metric_depth(model, frames: np.ndarray, dataset_w2c: np.ndarray, num_source: int, *,

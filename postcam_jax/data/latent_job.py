@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+from concurrent import futures
 
 import jax
 from orbax.checkpoint import multihost
@@ -133,13 +134,30 @@ def features_of(config: latents.LatentConfig):
                                  shape(config.height // 4, config.width // 4), text.dim)
 
 
-def _unit_records(unit: latents.Unit, config, enc, features, captions, report, bar):
-  """Serialised records of the unit's scenes, scene by scene (a failing scene adds none)."""
-  for path in unit.scenes:
+def _open(path: str, config, captions: dict, executor):
+  """(scene, its clips already loading in ``executor``, None) or (None, None, the error)."""
+  try:
+    scene = multicam.open_scene(path, captions, config.num_cameras)
+    clips = latents.SceneClips(scene, config, executor)
+    clips.prefetch(latents.needed_clips(scene, latents.scene_pairs(scene, config)))
+    return scene, clips, None
+  except ValueError as e:  # DatasetError, VideoReadError: reported when the scene's turn comes
+    return None, None, e
+
+
+def _unit_records(unit: latents.Unit, config, enc, features, captions, report, bar, executor):
+  """Serialised records of the unit's scenes, scene by scene (a failing scene adds none); the
+  next scene's videos are decoded and resized in the threads while this one is encoded."""
+  ahead = _open(unit.scenes[0], config, captions, executor)
+  for i, path in enumerate(unit.scenes):
+    scene, clips, error = ahead
+    if i + 1 < len(unit.scenes):
+      ahead = _open(unit.scenes[i + 1], config, captions, executor)
     start = time.perf_counter()
     try:
-      scene = multicam.open_scene(path, captions, config.num_cameras)
-      examples, scene_report = latents.scene_examples(scene, config, enc)
+      if error is not None:
+        raise error
+      examples, scene_report = latents.scene_examples(scene, config, enc, clips)
     except ValueError as e:  # DatasetError, VideoReadError, depth fit, non-finite latents
       if config.on_error == "raise":
         raise SceneError(f"{path}: {e} (pass --on_error skip to skip bad scenes)") from e
@@ -155,7 +173,7 @@ def _unit_records(unit: latents.Unit, config, enc, features, captions, report, b
 
 
 def run_unit(unit: latents.Unit, config: latents.LatentConfig, enc: encoders_lib.Encoders,
-             features, captions: dict, bar) -> dict:
+             features, captions: dict, bar, executor=None) -> dict:
   """Write one unit's shard, then its unit record; returns the record."""
   directory = config.directory
   shard_path = os.path.join(directory, unit.shard)
@@ -166,7 +184,7 @@ def run_unit(unit: latents.Unit, config: latents.LatentConfig, enc: encoders_lib
             "scenes": [], "skipped": [], "videos": 0}
   start = time.perf_counter()
   count, size = records.write_shard(
-      shard_path, _unit_records(unit, config, enc, features, captions, report, bar))
+      shard_path, _unit_records(unit, config, enc, features, captions, report, bar, executor))
   report.update(records=count, bytes=size, seconds=time.perf_counter() - start)
   os.makedirs(os.path.dirname(record_path), exist_ok=True)
   _write_json(record_path, report)
@@ -233,9 +251,9 @@ def run(config: latents.LatentConfig, enc: encoders_lib.Encoders | None = None,
   captions = {split: multicam.load_captions(config.root, split) for split in config.splits}
   bar = progress_bar(sum(len(u.scenes) for u in pending), pi, pc, config.progress)
   start = time.perf_counter()
-  with bar:
+  with bar, futures.ThreadPoolExecutor(config.host_threads) as executor:
     for unit in pending:
-      report = run_unit(unit, config, enc, features, captions[unit.split], bar)
+      report = run_unit(unit, config, enc, features, captions[unit.split], bar, executor)
       summary.units_done += 1
       summary.pairs_written += report["records"]
       summary.videos_encoded += report["videos"]

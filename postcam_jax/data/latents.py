@@ -62,6 +62,7 @@ class LatentConfig:
   vae_dtype: str = "float32"
   batch_per_device: int = 1
   depth_process_res: int = 504  # DA3's processing resolution (the release's 504)
+  host_threads: int = 8  # threads that decode and resize videos (the next scene's, ahead)
   overwrite: bool = False
   progress: bool = True
   barrier_timeout_s: float = 7 * 24 * 3600.0
@@ -76,6 +77,8 @@ class LatentConfig:
                       f"render is 4x down, then the VAE's 8x)")
     if self.stride < 1:
       problems.append(f"--stride {self.stride}: must be >= 1")
+    if self.host_threads < 1:
+      problems.append(f"--host_threads {self.host_threads}: must be >= 1")
     if self.scenes_per_shard < 1:
       problems.append(f"--scenes_per_shard {self.scenes_per_shard}: must be >= 1")
     if self.pairs_per_scene is not None and self.pairs_per_scene < 1:
@@ -180,29 +183,57 @@ def scene_pairs(scene: multicam.MultiCamScene, config: LatentConfig) -> list[pai
   return [every[i] for i in chosen]
 
 
-class SceneClips:
-  """The scene's clips at H x W, each camera's video decoded once."""
+FIT_CHUNK = 8  # frames resized at a time (per-frame work: the same result, cache-sized arrays)
 
-  def __init__(self, scene: multicam.MultiCamScene, config: LatentConfig):
-    self.scene, self.config = scene, config
-    self.videos: dict[str, np.ndarray] = {}
+
+class SceneClips:
+  """The scene's clips at H x W, each camera's video decoded once; :meth:`prefetch` decodes and
+  resizes the cameras in ``executor``'s threads (numpy and PyAV release the GIL) while the
+  devices encode something else."""
+
+  def __init__(self, scene: multicam.MultiCamScene, config: LatentConfig, executor=None):
+    self.scene, self.config, self.executor = scene, config, executor
+    self.native: dict[str, tuple[int, int]] = {}
     self.clips: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    self.pending: dict[str, object] = {}
 
   def frames(self, start: int) -> np.ndarray:
     c = self.config
     return start + c.stride * np.arange(c.clip_frames)
 
+  def _load(self, camera: str, starts) -> tuple[tuple[int, int], dict]:
+    rgb = self.scene.read_video(camera)
+    k = self.scene.intrinsics(rgb.shape[1], rgb.shape[2])
+    out = {}
+    for start in starts:
+      frames = rgb[self.frames(start)]
+      parts = [image_ops.fit_arrays({"video": frames[i:i + FIT_CHUNK]}, k,
+                                    (self.config.height, self.config.width))
+               for i in range(0, len(frames), FIT_CHUNK)]
+      out[start] = (np.concatenate([p[0]["video"] for p in parts]), parts[0][1].astype(np.float32))
+    return rgb.shape[1:3], out
+
+  def prefetch(self, keys) -> "SceneClips":
+    """Start loading the (camera, start) clips of ``keys`` (with an executor; else on use)."""
+    starts: dict[str, list[int]] = {}
+    for camera, start in sorted(set(keys)):
+      starts.setdefault(camera, []).append(start)
+    if self.executor is not None:
+      for camera, wanted in starts.items():
+        if camera not in self.pending:
+          self.pending[camera] = self.executor.submit(self._load, camera, wanted)
+    return self
+
   def clip(self, camera: str, start: int) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [T, H, W, 3], K [3, 3] at H x W) of ``camera``'s clip starting at ``start``."""
     key = (camera, start)
     if key not in self.clips:
-      if camera not in self.videos:
-        self.videos[camera] = self.scene.read_video(camera)
-      rgb = self.videos[camera]
-      k = self.scene.intrinsics(rgb.shape[1], rgb.shape[2])
-      fitted, k = image_ops.fit_arrays({"video": rgb[self.frames(start)]}, k,
-                                       (self.config.height, self.config.width))
-      self.clips[key] = (fitted["video"], k.astype(np.float32))
+      future = self.pending.pop(camera, None)
+      native, loaded = future.result() if future is not None else self._load(camera, [start])
+      if key not in loaded:
+        native, loaded = self._load(camera, [start])
+      self.native[camera] = native
+      self.clips.update(((camera, s), v) for s, v in loaded.items())
     return self.clips[key]
 
   def exact_depth(self, camera: str, start: int) -> np.ndarray | None:
@@ -210,13 +241,23 @@ class SceneClips:
     if not self.scene.has_depth(camera):
       return None
     depth = self.scene.read_depth(camera)
-    native = self.videos[camera].shape[1:3] if camera in self.videos else None
+    native = self.native.get(camera)
     if native is not None and depth.shape[1:] != native:
       raise multicam.DatasetError(f"{self.scene.depth_path(camera)}: depth {depth.shape} does "
                                   f"not match the video's frames {native}")
     fitted, _ = image_ops.fit_arrays({"depth": depth[self.frames(start)]}, None,
                                      (self.config.height, self.config.width))
     return fitted["depth"]
+
+
+def needed_clips(scene: multicam.MultiCamScene, chosen: list[pairs.Pair]) -> list[tuple]:
+  """Every (camera, start) a scene's pairs read: sources, targets and, for a source without a
+  depth file, the anchor frames of the other cameras."""
+  keys = {(p.source, p.start) for p in chosen} | {(p.target, p.start) for p in chosen}
+  for p in chosen:
+    if not scene.has_depth(p.source):
+      keys |= {(c, p.start) for c in scene.cameras}
+  return sorted(keys)
 
 
 def _source_depth(clips: SceneClips, enc: encoders_lib.Encoders, camera: str,
@@ -241,10 +282,12 @@ def _source_depth(clips: SceneClips, enc: encoders_lib.Encoders, camera: str,
 
 
 def scene_examples(scene: multicam.MultiCamScene, config: LatentConfig,
-                   enc: encoders_lib.Encoders) -> tuple[list[dict], dict]:
-  """The latent records of one scene (in pair order) and a report: pairs, videos, depth."""
+                   enc: encoders_lib.Encoders,
+                   clips: SceneClips | None = None) -> tuple[list[dict], dict]:
+  """The latent records of one scene (in pair order) and a report: pairs, videos, depth.
+  ``clips``: the scene's clips, possibly already loading (:meth:`SceneClips.prefetch`)."""
   chosen = scene_pairs(scene, config)
-  clips = SceneClips(scene, config)
+  clips = clips or SceneClips(scene, config)
   videos = sorted({(p.source, p.start) for p in chosen} | {(p.target, p.start) for p in chosen})
   latents = dict(zip(videos, enc.encode_videos([clips.clip(*v)[0] for v in videos])))
   captions = sorted({scene.caption(p.target) for p in chosen})

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=HELP["depth_model"])
   group.add_argument("--depth_process_res", type=int, default=504,
                      help="Depth Anything 3's processing resolution (the release's 504)")
+  group.add_argument("--host_threads", type=int, default=8,
+                     help="threads decoding and resizing videos (the next scene's while the "
+                          "devices encode this one)")
   group.add_argument("--scenes_per_shard", type=int, default=4, help=HELP["scenes_per_shard"])
   group.add_argument("--batch_per_device", type=int, default=1, help=HELP["batch_per_device"])
   group.add_argument("--vae_dtype", choices=("float32", "bfloat16"), default="float32",
@@ -116,7 +119,8 @@ def run_latents(args) -> int:
       height=args.height, width=args.width, pairs_per_scene=args.pairs_per_scene,
       seed=args.seed, num_cameras=args.num_cameras, scenes_per_shard=args.scenes_per_shard,
       on_error=args.on_error, vae_dtype=args.vae_dtype, batch_per_device=args.batch_per_device,
-      depth_process_res=args.depth_process_res, overwrite=args.overwrite,
+      depth_process_res=args.depth_process_res, host_threads=args.host_threads,
+      overwrite=args.overwrite,
       progress=args.progress)
   summary = latent_job.run(config)
   print("\n".join(summary.lines()))

@@ -36,17 +36,14 @@ final files. :func:`write_da3_tmp` writes the three text files of it (``intrinsi
 to compare with a run of the release; the 65 MB of float PNGs, 164 MB of PLY files and the JPEG
 frames are never written.
 
-Every resize here is a numpy transcription of what OpenCV 4.11 computes (no OpenCV at run time):
-nearest-neighbour indices floor(i * (1 / (dst / src))) in double (not floor(i * src / dst), which
-differs at some i), and INTER_AREA for uint8 images (integer-factor block means, the general
-area-weighted float32 sums, and the fixed-point bilinear variant OpenCV uses when enlarging).
+The resizes are OpenCV's, bit for bit (``postcam_jax.depth.opencv_resize``): INTER_NEAREST for
+the depth maps, INTER_AREA for ``images/``.
 Writes are atomic (``postcam_jax.core.atomic``): the folder is built beside the target and renamed
 into place at the end, and holds a marker file (``.postcam-jax``) besides the release's files, so
 that ``overwrite`` replaces only a folder this project wrote.
 """
 
 import dataclasses
-import math
 import os
 
 import numpy as np
@@ -56,154 +53,16 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from postcam_jax.core import atomic
+from postcam_jax.depth.opencv_resize import resize_area, resize_nearest
 
 RELEASE_HW = (480, 832)  # the release's DA3 config: fix_resize_height, fix_resize_width
 MAX_FRAMES = 1000        # the release's DA3 config: num_frames (frames read from the video)
 SMOOTH_SIGMA = 2.0       # smooth_gaussian(camera_poses, sigma=2.0)
 _Q_MAX = 65535.0
-_DBL_EPSILON = float(np.finfo(np.float64).eps)
-_COEF_SCALE = 2048       # OpenCV's INTER_RESIZE_COEF_SCALE (fixed-point bilinear weights)
 
 
 class ReleaseFolderError(ValueError):
   """A prediction or output location that the release's step 2 cannot turn into its folder."""
-
-
-# ----------------------------------------------------------------------------------------------
-# OpenCV's resizes, in numpy.
-
-
-def nearest_indices(src: int, dst: int) -> np.ndarray:
-  """Source index of each of ``dst`` outputs in ``cv2.resize(..., INTER_NEAREST)`` along an axis
-  of ``src`` pixels: min(floor(i * (1 / (dst / src))), src - 1), in double as OpenCV."""
-  inverse = 1.0 / (dst / src)
-  index = np.floor(np.arange(dst, dtype=np.float64) * inverse).astype(np.int64)
-  return np.minimum(index, src - 1)
-
-
-def resize_nearest(maps: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-  """``cv2.resize(m, (W, H), interpolation=INTER_NEAREST)`` of every map of [..., h, w]."""
-  rows = nearest_indices(maps.shape[-2], hw[0])
-  cols = nearest_indices(maps.shape[-1], hw[1])
-  return maps[..., rows, :][..., cols]
-
-
-def _cv_round(x: np.ndarray) -> np.ndarray:
-  """cvRound / saturate_cast: round half to even (the SSE conversion), as int64."""
-  return np.rint(x).astype(np.int64)
-
-
-def _area_table(src: int, dst: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
-  """OpenCV's ``computeResizeAreaTab``: per output pixel the source pixels and float32 weights of
-  its cell, in OpenCV's summation order, padded with weight 0 -> (index, weight) [dst, K]."""
-  cells = []
-  for d in range(dst):
-    start = d * scale
-    end = start + scale
-    width = min(scale, src - start)
-    first, last = math.ceil(start), math.floor(end)
-    last = min(last, src - 1)
-    first = min(first, last)
-    cell = []
-    if first - start > 1e-3:
-      cell.append((first - 1, np.float32((first - start) / width)))
-    cell += [(s, np.float32(1.0 / width)) for s in range(first, last)]
-    if end - last > 1e-3:
-      cell.append((last, np.float32(min(min(end - last, 1.0), width) / width)))
-    cells.append(cell)
-  size = max(len(c) for c in cells)
-  index = np.zeros((dst, size), np.int64)
-  weight = np.zeros((dst, size), np.float32)
-  for d, cell in enumerate(cells):
-    for k, (s, w) in enumerate(cell):
-      index[d, k], weight[d, k] = s, w
-  return index, weight
-
-
-def _area_general(image: np.ndarray, hw, scale_x: float, scale_y: float) -> np.ndarray:
-  """OpenCV's ``ResizeArea_Invoker`` for uint8: per row the area-weighted float32 sum over
-  columns, then over rows, each in OpenCV's order; rounded half to even."""
-  (h, w), (out_h, out_w) = image.shape[:2], hw
-  x_index, x_weight = _area_table(w, out_w, scale_x)
-  y_index, y_weight = _area_table(h, out_h, scale_y)
-  pixels = image.astype(np.float32)
-  rows = np.zeros((h, out_w, image.shape[2]), np.float32)
-  for k in range(x_index.shape[1]):
-    rows = rows + pixels[:, x_index[:, k]] * x_weight[:, k, None]
-  total = y_weight[:, 0, None, None] * rows[y_index[:, 0]]
-  for k in range(1, y_index.shape[1]):
-    total = total + y_weight[:, k, None, None] * rows[y_index[:, k]]
-  return np.clip(_cv_round(total), 0, 255).astype(np.uint8)
-
-
-def _area_fast(image: np.ndarray, hw, factor_x: int, factor_y: int) -> np.ndarray:
-  """OpenCV's ``ResizeAreaFast`` (integer factors): block sums, (s + 2) >> 2 for 2x2 blocks,
-  otherwise round(float32(s) * float32(1 / area))."""
-  out_h, out_w = hw
-  channels = image.shape[2]
-  blocks = image.astype(np.int64).reshape(out_h, factor_y, out_w, factor_x, channels)
-  sums = blocks.sum(axis=(1, 3))
-  if factor_x == 2 and factor_y == 2 and channels in (1, 3, 4):
-    return ((sums + 2) >> 2).astype(np.uint8)
-  scale = np.float32(1.0) / np.float32(factor_x * factor_y)
-  return np.clip(_cv_round(sums.astype(np.float32) * scale), 0, 255).astype(np.uint8)
-
-
-def _area_linear_table(src: int, dst: int):
-  """OpenCV's INTER_AREA coefficients when not shrinking on both axes (a bilinear variant):
-  (left index, fixed-point weight pair [dst, 2], first output whose right neighbour is past the
-  edge)."""
-  inverse = dst / src
-  scale = 1.0 / inverse
-  index = np.zeros(dst, np.int64)
-  weights = np.zeros((dst, 2), np.int64)
-  edge = dst
-  for d in range(dst):
-    s = math.floor(d * scale)
-    f = np.float32((d + 1) - (s + 1) * inverse)
-    f = np.float32(0.0) if f <= 0 else np.float32(f - np.float32(math.floor(f)))
-    if s + 1 >= src:
-      edge = min(edge, d)
-      if s >= src - 1:
-        f, s = np.float32(0.0), src - 1
-    index[d] = s
-    weights[d] = _cv_round(np.array([np.float32(1.0) - f, f], np.float32) * np.float32(_COEF_SCALE))
-  return index, weights, edge
-
-
-def _area_linear(image: np.ndarray, hw) -> np.ndarray:
-  """OpenCV's fixed-point bilinear pass with INTER_AREA's coefficients (``HResizeLinear`` then
-  ``VResizeLinear<uchar, int, short>``), used when the image grows on some axis."""
-  (h, w), (out_h, out_w) = image.shape[:2], hw
-  x_index, x_weight, x_edge = _area_linear_table(w, out_w)
-  y_index, y_weight, _ = _area_linear_table(h, out_h)
-  pixels = image.astype(np.int64)
-  right = np.minimum(x_index + 1, w - 1)
-  rows = pixels[:, x_index] * x_weight[:, 0, None] + pixels[:, right] * x_weight[:, 1, None]
-  rows[:, x_edge:] = pixels[:, x_index[x_edge:]] * _COEF_SCALE
-  top = rows[np.clip(y_index, 0, h - 1)] >> 4
-  bottom = rows[np.clip(y_index + 1, 0, h - 1)] >> 4
-  b0, b1 = y_weight[:, 0, None, None], y_weight[:, 1, None, None]
-  out = (((b0 * top) >> 16) + ((b1 * bottom) >> 16) + 2) >> 2
-  return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def resize_area(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-  """``cv2.resize(image, (W, H), interpolation=cv2.INTER_AREA)`` of a uint8 [h, w, C] image."""
-  image = np.asarray(image)
-  if image.dtype != np.uint8 or image.ndim != 3:
-    raise ValueError(f"resize_area takes a uint8 [h, w, C] image, got {image.dtype} {image.shape}")
-  h, w = image.shape[:2]
-  out_h, out_w = hw
-  if (h, w) == (out_h, out_w):
-    return image.copy()
-  scale_x, scale_y = 1.0 / (out_w / w), 1.0 / (out_h / h)
-  if scale_x >= 1 and scale_y >= 1:
-    factor_x, factor_y = round(scale_x), round(scale_y)  # saturate_cast<int>: half to even
-    if abs(scale_x - factor_x) < _DBL_EPSILON and abs(scale_y - factor_y) < _DBL_EPSILON:
-      return _area_fast(image, hw, factor_x, factor_y)
-    return _area_general(image, hw, scale_x, scale_y)
-  return _area_linear(image, hw)
 
 
 def crop_to_aspect(frame: np.ndarray, hw=RELEASE_HW) -> np.ndarray:

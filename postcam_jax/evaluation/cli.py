@@ -286,14 +286,20 @@ def run(args, workdirs: WorkdirAccess | None = None) -> list[str]:
   return [args.out] + lines
 
 
+def run_labels(workdirs: list[str]) -> list[str]:
+  """One output folder name per workdir: its base name, numbered when two share one."""
+  names = [heldout.safe_name(os.path.basename(os.path.normpath(w))) for w in workdirs]
+  return [f"{n}_{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
 def run_workdirs(args, workdirs: WorkdirAccess, estimator, mesh, tmp, settings) -> list[str]:
+  """Sample and score every workdir into its own folder, then the table of them all."""
   runs, lines = [], []
-  for w in args.workdirs:
+  for w, label in zip(args.workdirs, run_labels(args.workdirs)):
     subject = workdirs.load(w, num_pairs=args.num_pairs, mesh=mesh, vae=args.vae)
     clips, scored = heldout.run_subject(subject, estimator, steps=args.steps, shift=args.shift,
                                         solver=args.solver, seed=args.seed,
                                         batch=batch_size(args, mesh))
-    label = heldout.safe_name(os.path.basename(os.path.normpath(w)))
     summary = write_results(os.path.join(tmp, label), clips, scored, settings,
                             not args.no_pictures, title=f"{w} (step {subject.step})")
     runs.append(tables.Run(w, subject.report, subject.step,

@@ -13,43 +13,16 @@ Modules: ``topology`` (abstract devices and mesh), ``steps`` (what is compiled),
 (pricing), ``planner`` (one plan and its report), ``sweep``, ``cli``.
 """
 
-from postcam_jax.planning.cli import (
-                                      load_config,
-                                      main,
-                                      parse_meshes,
-                                      parse_request,
-                                      parse_shape,
-                                      video_latent,
-)
-from postcam_jax.planning.cost import (
-                                      SENTINEL_TARGETS,
-                                      cost_of,
-                                      hlo_kernel_flops,
-                                      layer_extrapolated_cost,
-                                      memory_of,
-                                      one_micro_step,
-                                      oom_bytes,
-)
+from postcam_jax.planning.cli import (load_config, main, parse_meshes, parse_request, parse_shape,
+                                      video_latent)
+from postcam_jax.planning.cost import (SENTINEL_TARGETS, cost_of, hlo_kernel_flops,
+                                       layer_extrapolated_cost, memory_of, one_micro_step,
+                                       oom_bytes)
 from postcam_jax.planning.planner import format_report, plan, remat_of, suggestions
-from postcam_jax.planning.steps import (
-                                      DEFAULT_LATENT,
-                                      DEFAULT_RENDER,
-                                      STEPS,
-                                      Request,
-                                      build,
-                                      lower_step,
-                                      per_chip_bytes,
-                                      with_layers,
-)
-from postcam_jax.planning.sweep import (
-                                      SWEEP_REMATS,
-                                      Journal,
-                                      candidate_meshes,
-                                      format_sweep,
-                                      sweep,
-                                      train_command,
-                                      with_options,
-)
+from postcam_jax.planning.steps import (DEFAULT_LATENT, DEFAULT_RENDER, STEPS, Request, build,
+                                        lower_step, per_chip_bytes, with_layers)
+from postcam_jax.planning.sweep import (SWEEP_REMATS, Journal, candidate_meshes, format_sweep,
+                                        sweep, train_command, with_options)
 from postcam_jax.planning.topology import GIB, abstract_mesh, topology_devices
 
 __all__ = ["load_config", "main", "parse_meshes", "parse_request", "parse_shape", "video_latent", "SENTINEL_TARGETS", "cost_of",

@@ -11,8 +11,11 @@ shardings (``batch``, ``act_heads``). Three exact schemes, dispatched by
 - ``allgather_kv``: keys and values are all-gathered along the sequence; each device attends with
   its own query slice. Works for any head count (1.3B: 12 heads on an 8-way axis) and keeps the
   fused local kernel; costs the full K/V per device.
-- ``ring``: K/V blocks travel around the ring (``ppermute``) and are merged with an online softmax;
-  memory per device stays at one K/V block. Any head count.
+- ``ring``: K/V blocks travel around the ring (``ppermute``); each device attends to the block in
+  hand with the blocked kernel and merges by log-sum-exp. Its custom VJP sends the blocks round
+  once more with their dk/dv and recomputes the probabilities from the saved log-sum-exp, so
+  the backward holds one K/V block (plus its gradients) beside the saved q, k, v, output and
+  log-sum-exp, not each step's probabilities. Any head count.
 
 ``sequence`` picks per mesh and shapes: ulysses where the heads divide, else allgather_kv, and
 the ordinary local kernel where there is no sequence axis or the stream does not divide it (the
@@ -22,6 +25,7 @@ RoPE needs nothing here: the models build the cos/sin tables for the whole seque
 q and k before this call, so every token already carries its global position.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -29,7 +33,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from postcam_jax import parallel
-from postcam_jax.models.attention import local
+from postcam_jax.models.attention import blocked, local
 
 # The kernel run on each device's block (``local.KERNELS``; auto: cuDNN/splash/XLA by platform).
 LOCAL_KERNEL = "auto"
@@ -121,41 +125,91 @@ def _allgather_kv(q, k, v, plan, mesh, precision):
   return _shard_mapped(body, spec, mesh)(q, k, v)
 
 
+@dataclasses.dataclass(frozen=True)
+class _RingSpec:
+  """Static facts of a ring attention: the ring's mesh axes and size, the matmul precision."""
+  axis: tuple
+  size: int
+  precision: object
+
+  @property
+  def perm(self):
+    return [(i, (i + 1) % self.size) for i in range(self.size)]
+
+  def rotate(self, *xs):
+    return tuple(jax.lax.ppermute(x, self.axis, self.perm) for x in xs)
+
+
+def _ring_forward(ql, kl, vl, spec: _RingSpec):
+  """(output float32 [B, L, H, D], log-sum-exp [B, H, L]) of the local queries over every K/V
+  block of the ring: each step attends to the block in hand (the blocked kernel's tiles) and
+  passes it on; the partial results merge by their log-sum-exps."""
+
+  def attend(kb, vb):
+    return blocked.forward_with_lse(ql, kb, vb, precision=spec.precision)
+
+  def merge(out, lse, new_out, new_lse):
+    total = jnp.logaddexp(lse, new_lse)
+    weight = lambda a: jnp.exp(a - total).transpose(0, 2, 1)[..., None]  # noqa: E731
+    return out * weight(lse) + new_out * weight(new_lse), total
+
+  def step(_, carry):
+    kb, vb, out, lse = carry
+    kb, vb = spec.rotate(kb, vb)
+    return (kb, vb, *merge(out, lse, *attend(kb, vb)))
+
+  out, lse = attend(kl, vl)
+  _, _, out, lse = jax.lax.fori_loop(0, spec.size - 1, step, (kl, vl, out, lse))
+  return out, lse
+
+
+def _ring_attention(ql, kl, vl, spec: _RingSpec):
+  out, _ = _ring_forward(ql, kl, vl, spec)
+  return out.astype(ql.dtype)
+
+
+def _ring_attention_fwd(ql, kl, vl, spec: _RingSpec):
+  out, lse = _ring_forward(ql, kl, vl, spec)
+  out = out.astype(ql.dtype)
+  return out, (ql, kl, vl, out, lse)
+
+
+def _ring_attention_bwd(spec: _RingSpec, residuals, dout):
+  """The K/V blocks go round the ring once more, each with the dk/dv it has collected: every
+  device adds its queries' share (probabilities recomputed from the saved log-sum-exp) and
+  passes block and gradients on; after the last pass the gradients are back at their owner. Live
+  memory: the saved q, k, v, output and log-sum-exp, one K/V block and its dk/dv in flight."""
+  ql, kl, vl, out, lse = residuals
+  delta = jnp.einsum("blhd,blhd->bhl", dout.astype(jnp.float32), out.astype(jnp.float32))
+
+  def share(kb, vb):
+    dq, dk, dv, _ = blocked.backward_with_lse(ql, kb, vb, dout, lse, delta,
+                                              precision=spec.precision)
+    return dq, dk, dv
+
+  def step(_, carry):
+    kb, vb, dkb, dvb, dq = carry
+    dq_j, dk_j, dv_j = share(kb, vb)
+    return (*spec.rotate(kb, vb, dkb + dk_j, dvb + dv_j), dq + dq_j)
+
+  zeros = jnp.zeros(kl.shape, jnp.float32)
+  dq = jnp.zeros(ql.shape, jnp.float32)
+  kb, vb, dkb, dvb, dq = jax.lax.fori_loop(0, spec.size - 1, step, (kl, vl, zeros, zeros, dq))
+  dq_j, dk_j, dv_j = share(kb, vb)  # the last block in hand: no K/V to pass on, only dk/dv
+  dk, dv = spec.rotate(dkb + dk_j, dvb + dv_j)
+  return (dq + dq_j).astype(ql.dtype), dk.astype(kl.dtype), dv.astype(vl.dtype)
+
+
+_ring_local = jax.custom_vjp(_ring_attention, nondiff_argnums=(3,))
+_ring_local.defvjp(_ring_attention_fwd, _ring_attention_bwd)
+
+
 def _ring(q, k, v, plan, mesh, precision):
   spec, seq, seq_size, _ = plan
-  axis = _axes(seq)
-  scale = 1.0 / float(q.shape[-1]) ** 0.5
-  perm = [(i, (i + 1) % seq_size) for i in range(seq_size)]
-
-  def block(ql, kb, vb):
-    """Unnormalised attention of the local queries on one K/V block: (max, sum, acc)."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", ql, kb, precision=precision,
-                        preferred_element_type=jnp.float32) * scale
-    m = jnp.max(logits, axis=-1)
-    p = jnp.exp(logits - m[..., None])
-    acc = jnp.einsum("bhqk,bkhd->bhqd", p.astype(vb.dtype), vb, precision=precision,
-                     preferred_element_type=jnp.float32)
-    return m, jnp.sum(p, axis=-1), acc
-
-  def merge(state, new):
-    m0, l0, a0 = state
-    m1, l1, a1 = new
-    m = jnp.maximum(m0, m1)
-    c0, c1 = jnp.exp(m0 - m), jnp.exp(m1 - m)
-    return m, l0 * c0 + l1 * c1, a0 * c0[..., None] + a1 * c1[..., None]
+  ring = _RingSpec(_axes(seq), seq_size, precision)
 
   def body(ql, kl, vl):
-    state = block(ql, kl, vl)
-
-    def step(_, carry):
-      kb, vb, st = carry
-      kb = jax.lax.ppermute(kb, axis, perm)
-      vb = jax.lax.ppermute(vb, axis, perm)
-      return kb, vb, merge(st, block(ql, kb, vb))
-
-    _, _, (_, denom, acc) = jax.lax.fori_loop(0, seq_size - 1, step, (kl, vl, state))
-    out = acc / denom[..., None]
-    return out.transpose(0, 2, 1, 3).astype(ql.dtype)
+    return _ring_local(ql, kl, vl, ring)
 
   return _shard_mapped(body, spec, mesh)(q, k, v)
 
