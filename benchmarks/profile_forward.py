@@ -60,18 +60,32 @@ def build(latent, head_dim, dim, layers, ffn, precision, batch=1, attention="seq
 
 
 def instruction_table(hlo_text: str) -> dict:
-  """{instruction name: (opcode, 'file:line' or '', op_name)} of a compiled HLO module's text."""
-  table = {}
+  """{instruction name: (opcode, 'file:line' or '', op_name)} of a compiled HLO module's text. A
+  fusion without metadata of its own (the YNNPACK dot fusions) takes its root's op_name."""
+  table, roots, calls = {}, {}, {}
+  computation = None
   for line in hlo_text.splitlines():
+    head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if head and not line.startswith(" "):
+      computation = head.group(1)
+      continue
     m = _INSTRUCTION.match(line)
     if not m:
       continue
     rest = m.group(2)
-    op = _OPCODE.match(rest)
+    op = _OPCODE.search(rest)
     meta = _META.search(rest)
     name = _OPNAME.search(rest)
     where = f"{os.path.basename(meta.group(1))}:{meta.group(2)}" if meta else ""
     table[m.group(1)] = (op.group(1) if op else "?", where, name.group(1) if name else "")
+    if line.lstrip().startswith("ROOT") and name and computation:
+      roots[computation] = name.group(1)
+    called = re.search(r"calls=%?([\w.\-]+)", rest)
+    if called and not name:
+      calls[m.group(1)] = called.group(1)
+  for inst, computation in calls.items():
+    op, where, _ = table[inst]
+    table[inst] = (op, where, roots.get(computation, ""))
   return table
 
 

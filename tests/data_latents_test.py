@@ -227,6 +227,11 @@ def test_records_are_the_models_outputs(assets, prepared):
   cams = pairs.pair_cameras(scene, pair, T)
   depth = image_ops.fit_arrays({"d": scene.read_depth("cam01")}, None, (H, W))[0]["d"]
   warped, _ = render.forward_warp(unit(source), depth, cams["source_w2c"], cams["target_w2c"], k)
+  # The preparation's batched render is the sampler's, to float32 rounding.
+  batched = encoders.render_batch(*(np.asarray(x)[None] for x in (
+      unit(source), depth, cams["source_w2c"], cams["target_w2c"], k)))
+  np.testing.assert_allclose(np.asarray(batched)[0], render.downsample4x(warped), rtol=0,
+                             atol=1e-5)
   states, lengths = text.encode_text([CAPTIONS["cam03"]])
   want = {"target_latent": encode(unit(target)), "source_latent": encode(unit(source)),
           "render_latent": encode(render.downsample4x(warped)),

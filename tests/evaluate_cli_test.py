@@ -19,12 +19,13 @@ from postcam_jax.convert.postcam import ARCH_FIELDS, arch_value
 from postcam_jax.data import arrayrecord, codec, multicam, pairs, synthetic
 from postcam_jax.evaluation import camera, cli, fidelity, heldout, poses
 from postcam_jax.geometry import cameras, render
+from postcam_jax.inference import cli as sample_cli
 from postcam_jax.io import model_dir, video
 from postcam_jax.models.da3 import DA3Config, DA3Model
 from postcam_jax.models.da3.config import BackboneConfig, HeadConfig, NetConfig
 from postcam_jax.models.postcam import PostCamConfig, PostCamModel
 from postcam_jax.training import data as train_data
-from tests.sample_cli_test import random_params
+from tests.sample_cli_test import random_params, save_tiny_vae
 
 HW, FRAMES = (64, 96), 9
 PROCESS_RES, POSE_FRAMES = 56, 5  # DA3 sees 56x42 (4x3 patches), poses on 5 of the 9 frames
@@ -307,3 +308,28 @@ def test_data_dir_samples_held_out_pairs_over_the_mesh(assets, records, tmp_path
     assert row["source_psnr"] == pytest.approx(np.mean(fidelity.psnr_frames(pair.source,
                                                                             pair.target)))
     assert "pred_rot_err" not in row  # no --depth-model: fidelity only
+
+
+def test_sampler_outputs_with_their_arrays(assets, tmp_path):
+  """The sampler's own outputs (--save-arrays keeps the requested cameras and the trajectory's
+  name): measured against the source (no target exists), kind = the trajectory."""
+  save_tiny_vae(tmp_path / "vae")
+  np.savez(tmp_path / "embeds.npz",
+           context=np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32))
+  scene = os.path.join(assets["scenes_root"], "train", *synthetic.scene_location(0))
+  argv = ["--checkpoint", assets["postcam"], "--vae", tmp_path / "vae", "--prompt-embeds",
+          tmp_path / "embeds.npz", "--video", os.path.join(scene, "videos", "cam01.mp4"),
+          "--depth", os.path.join(scene, "depth", "cam01.npz"), "--trajectory", "arc_left",
+          "--out", tmp_path / "samples", "--size", "64x96", "--num-frames", 5, "--steps", 1,
+          "--guidance", 1, "--precision", "float32", "--save-arrays", "--no-progress"]
+  with contextlib.redirect_stdout(io.StringIO()):
+    assert sample_cli.main([str(a) for a in argv]) == 0
+  code, _, err = main(["--samples", tmp_path / "samples", "--out", tmp_path / "eval"])
+  assert code == 0, err
+  (row,) = json.loads((tmp_path / "eval" / "videos.json").read_text())
+  assert (row["name"], row["kind"], row["frames"], row["reference"]) == ("cam01", "arc_left", 5,
+                                                                           "source")
+  assert "source_psnr" not in row and np.isfinite(row["pred_psnr"]) and np.isfinite(
+      row["render_psnr"])
+  with np.load(tmp_path / "samples" / "cam01_arrays.npz") as data:
+    assert data["target_w2c"].shape == (5, 4, 4) and str(data["trajectory"]) == "arc_left"

@@ -13,9 +13,9 @@ encode N disjoint slices of a dataset at once.
 - :meth:`Encoders.encode_captions`: captions -> umT5 states [L, D] float32 without the padding
   (L = the caption's tokens, EOS included; the model's padded positions are exactly zero).
 - :meth:`Encoders.render_latents`: the release's render condition of (source clip, depth,
-  poses, K), ``geometry.render.forward_warp`` then ``render.downsample4x`` (:func:`render_batch`,
-  vmapped over a sharded batch of pairs: equal to the sampler's render to float32 rounding), and
-  its VAE latent, without leaving the devices.
+  poses, K), ``geometry.render.forward_warp_batch`` then ``render.downsample4x``
+  (:func:`render_batch`, over a sharded batch of pairs: equal to the sampler's render to float32
+  rounding), and its VAE latent, without leaving the devices.
 
 ``counts`` tallies what went through each model (items, not padding): the preparation's summary
 and the test that every video is encoded once read it.
@@ -42,16 +42,13 @@ def local_mesh() -> jax.sharding.Mesh:
   return parallel.make_mesh({"data": len(devices)}, devices=devices)
 
 
-@jax.jit
 def render_batch(frames, depth, source_w2c, target_w2c, intrinsics):
-  """The release's render of a batch of pairs (``geometry.render.forward_warp``, holes -1, then
-  ``render.downsample4x``): [B, T, H, W, 3] -> [B, T, H/4, W/4, 3] float32, one compiled program
-  for a batch split over the devices."""
-  def one(f, d, s, t, k):
-    warped, _ = render.forward_warp(f, d, s, t, k)
-    return render.downsample4x(warped)
-
-  return jax.vmap(one)(frames, depth, source_w2c, target_w2c, intrinsics)
+  """The release's render of a batch of pairs, 4x down: ``geometry.render.forward_warp_batch``
+  (holes -1; each clip's render equals the sampler's ``forward_warp`` to float32 rounding) then
+  ``render.downsample4x``: [B, T, H, W, 3] -> [B, T, H/4, W/4, 3] float32, one program each for a
+  batch split over the devices. Not to be wrapped in another jit (see forward_warp_batch)."""
+  warped, _ = render.forward_warp_batch(frames, depth, source_w2c, target_w2c, intrinsics)
+  return render.downsample4x(warped)
 
 
 def to_unit_range(video: np.ndarray) -> np.ndarray:

@@ -30,7 +30,8 @@ the poses are dropped.
   (``pipeline.PadText``); bf16 records become float32 batches.
 - ``"synthetic"``: scenes made by ``postcam_jax.data.synthetic`` at the config's size, paired
   (held out: ``num_eval_scenes`` other scenes, or with 0 every 4th pair of the same scenes),
-  rendered with the release's forward warp (``postcam_jax.geometry.render``) and encoded in
+  rendered with the release's forward warp (``postcam_jax.geometry.render``; 4x down, or at full
+  size with ``data.render_scale = 1``) and encoded in
   memory by the stand-in encoders below (the CPU tests and demo; no weights needed). Examples are cached as one
   ``.npz`` per split under ``data.cache_dir`` so restarts do not regenerate them.
 
@@ -39,6 +40,7 @@ Both paths end in a Grain ``IterDataset`` whose iterator state Orbax checkpoints
 """
 
 import dataclasses
+import functools
 import hashlib
 import os
 import zlib
@@ -109,12 +111,29 @@ class HashTextEncoder:
     return out
 
 
-def release_render(example: dict) -> np.ndarray:
-  """The release's render condition of a pixel example: forward warp, then 4x down."""
+RELEASE_RENDER_SCALE = 4  # the release's render: the warp, then a 4x bilinear downsample
+
+
+def release_render(example: dict, scale: int = RELEASE_RENDER_SCALE) -> np.ndarray:
+  """The release's render condition of a pixel example: forward warp, then 4x down.
+
+  ``scale`` 1 keeps the warp at the video's size (``data.render_scale``, a from-scratch option:
+  its latent has the target's grid, for ``render_rope='aligned'``); 4 is the release's.
+  """
   frames, _ = render.forward_warp(example["source_video"], example["source_depth"],
                                   example["source_w2c"], example["target_w2c"],
                                   example["intrinsics"])
+  if scale == 1:
+    return np.asarray(frames)
+  if scale != RELEASE_RENDER_SCALE:
+    raise ValueError(f"render scale must be {RELEASE_RENDER_SCALE} (the release's) or 1 (full "
+                     f"size), got {scale}")
   return np.asarray(render.downsample4x(frames))
+
+
+def render_scale(data) -> int:
+  """``data.render_scale`` (absent: the release's 4)."""
+  return int(data.get("render_scale") or RELEASE_RENDER_SCALE)
 
 
 def _cache_path(data, split: str, camera: str = "rt") -> str:
@@ -125,6 +144,8 @@ def _cache_path(data, split: str, camera: str = "rt") -> str:
       "latent_channels", "text_len", "text_dim", "pairs_per_scene", "encoder"))
   if camera != "rt":
     key += f"|camera={camera}"
+  if render_scale(data) != RELEASE_RENDER_SCALE:  # the release's key is the one caches had
+    key += f"|render_scale={render_scale(data)}"
   digest = hashlib.sha1(key.encode()).hexdigest()[:12]
   return os.path.join(data.cache_dir, f"synthetic_{split}_{digest}.npz")
 
@@ -210,7 +231,7 @@ def _generate(data, split: str, camera: str = "rt") -> list[dict]:
   encoders = arrayrecord.LatentEncoders(
       encoder=stand_in_codec(data),
       latent_shape=(), text_encoder=HashTextEncoder(data.text_len, data.text_dim, data.seed),
-      text_shape=(), renderer=release_render)
+      text_shape=(), renderer=functools.partial(release_render, scale=render_scale(data)))
   # The RT camera is the pixel example's own (``pairs.pair_cameras``); Plucker is made here.
   make_camera = pipeline.camera_map(camera, (data.height, data.width)) if camera != "rt" else None
   out = []
