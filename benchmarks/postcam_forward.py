@@ -19,7 +19,7 @@ Sizes (model dim 512, ffn 1536, text_dim 512, a 512-row context; render latent 4
 | name | latent [F, H, W] | main tokens (target + source) | render tokens | layers |
 |---|---|---|---|---|
 | 2k | 11, 16, 24 | 2,112 | 66 | 8 |
-| 8k | 11, 30, 52 | 8,580 | 1,001 | 8 |
+| 8k | 11, 30, 52 | 8,580 | 198 | 8 |
 | 35k | 11, 60, 104 | 34,320 (480x832x41) | 1,001 | 2 |
 """
 

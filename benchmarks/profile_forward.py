@@ -60,9 +60,10 @@ def build(latent, head_dim, dim, layers, ffn, precision, batch=1, attention="seq
 
 
 def instruction_table(hlo_text: str) -> dict:
-  """{instruction name: (opcode, 'file:line' or '', op_name)} of a compiled HLO module's text. A
-  fusion without metadata of its own (the YNNPACK dot fusions) takes its root's op_name."""
-  table, roots, calls = {}, {}, {}
+  """{instruction name: (opcode, 'file:line' or '', op_name)} of a compiled HLO module's text. An
+  instruction without metadata of its own (the YNNPACK dot fusions) takes its fused root's
+  op_name, else that of the loop or call whose body holds it."""
+  table, roots, calls, home, caller = {}, {}, {}, {}, {}
   computation = None
   for line in hlo_text.splitlines():
     head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
@@ -72,20 +73,30 @@ def instruction_table(hlo_text: str) -> dict:
     m = _INSTRUCTION.match(line)
     if not m:
       continue
-    rest = m.group(2)
+    inst, rest = m.group(1), m.group(2)
     op = _OPCODE.search(rest)
     meta = _META.search(rest)
     name = _OPNAME.search(rest)
     where = f"{os.path.basename(meta.group(1))}:{meta.group(2)}" if meta else ""
-    table[m.group(1)] = (op.group(1) if op else "?", where, name.group(1) if name else "")
+    table[inst] = (op.group(1) if op else "?", where, name.group(1) if name else "")
+    home[inst] = computation
     if line.lstrip().startswith("ROOT") and name and computation:
       roots[computation] = name.group(1)
     called = re.search(r"calls=%?([\w.\-]+)", rest)
     if called and not name:
-      calls[m.group(1)] = called.group(1)
+      calls[inst] = called.group(1)
+    for callee in re.findall(r"(?:body|condition|calls|to_apply)=%?([\w.\-]+)", rest):
+      caller.setdefault(callee, inst)
   for inst, computation in calls.items():
     op, where, _ = table[inst]
     table[inst] = (op, where, roots.get(computation, ""))
+  for inst, (op, where, name) in list(table.items()):
+    seen, up = set(), inst
+    while not name and home.get(up) in caller and up not in seen:
+      seen.add(up)
+      up = caller[home[up]]
+      name = table[up][2]
+    table[inst] = (op, where, name)
   return table
 
 

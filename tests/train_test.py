@@ -47,9 +47,13 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def general_run(cache_dir, tmp_path_factory):
-  """Two stages (pose, then joint) on every training pair with fresh noise each step."""
-  config = tiny_config(cache_dir, stage_steps=(400, 400))
-  config.eval.every = 800
+  """Two stages (pose, then joint) on every training pair with fresh noise each step.
+
+  1,000 steps a stage: at 400 + 400 the camera's gain on the held-out loss (about 1 %) is within
+  what the run's seed moves it (seeds 0-2 measured: -0.8 % to +1 %); at 1,000 + 1,000 it is
+  +0.7 % to +6 % on the same seeds (seed 0, this run: +2.8 %)."""
+  config = tiny_config(cache_dir, stage_steps=(1000, 1000))
+  config.eval.every = 2000
   config.eval.num_batches = 6  # all 12 held-out pairs
   workdir = tmp_path_factory.mktemp("general")
   return config, workdir, training.train_and_evaluate(config, str(workdir))
@@ -65,7 +69,7 @@ def step_losses(workdir):
 
 def test_camera_is_used_on_held_out_pairs(general_run):
   _, _, result = general_run
-  assert result.step == 800
+  assert result.step == 2000
   val, zero = result.metrics["val/loss"], result.metrics["val/loss_zero_camera"]
   assert np.isfinite(val) and val < zero, (val, zero)
 

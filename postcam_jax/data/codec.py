@@ -4,7 +4,7 @@
 exactly as the Wan-VAE lays it out (frame 0 alone, then groups of 4 frames; 8x8 pixels per
 latent cell) and back. Each 4x8x8x3 block is projected on the C leading principal components of
 blocks from training videos, whitened so latents are ~N(0, 1) per channel like the Wan-VAE's
-normalised latents. It is fitted, not trained, in seconds, and it decodes: the demo can show and
+normalised latents (or, ``whiten=False``, scaled by one number to a mean variance of 1). It is fitted, not trained, in seconds, and it decodes: the demo can show and
 score videos without the 127M-parameter VAE (a random one cannot reconstruct anything).
 """
 
@@ -43,7 +43,12 @@ class PCACodec:
     self.channels = self.components.shape[1]
 
   @classmethod
-  def fit(cls, videos, channels: int = 16, max_blocks: int = 200_000, seed: int = 0):
+  def fit(cls, videos, channels: int = 16, max_blocks: int = 200_000, seed: int = 0,
+          whiten: bool = True):
+    """Fitted on the 4x8x8x3 blocks of ``videos``. ``whiten`` (default) scales every component
+    to unit variance; False divides all of them by one scale (the root of their mean variance),
+    so the latent keeps PCA's variance ratios (the coarse colour components dominate; a
+    from-scratch option: the loss and the noise then weigh what the eye sees most)."""
     blocks = np.concatenate([video_blocks(v).reshape(-1, int(np.prod(BLOCK))) for v in videos])
     if len(blocks) > max_blocks:
       blocks = blocks[np.random.default_rng(seed).choice(len(blocks), max_blocks, replace=False)]
@@ -53,6 +58,8 @@ class PCACodec:
     mean = blocks.mean(0)
     _, s, vt = np.linalg.svd((blocks - mean).astype(np.float64), full_matrices=False)
     scales = s[:channels] / np.sqrt(max(len(blocks) - 1, 1))
+    if not whiten:
+      scales = np.full_like(scales, np.sqrt(np.mean(scales ** 2)))
     return cls(mean, vt[:channels].T, np.maximum(scales, 1e-6))
 
   def latent_shape(self, t: int, h: int, w: int) -> tuple[int, int, int, int]:

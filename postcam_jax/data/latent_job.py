@@ -251,7 +251,7 @@ def run(config: latents.LatentConfig, enc: encoders_lib.Encoders | None = None,
   captions = {split: multicam.load_captions(config.root, split) for split in config.splits}
   bar = progress_bar(sum(len(u.scenes) for u in pending), pi, pc, config.progress)
   start = time.perf_counter()
-  with bar, futures.ThreadPoolExecutor(config.host_threads) as executor:
+  with bar, futures.ThreadPoolExecutor(config.threads) as executor:
     for unit in pending:
       report = run_unit(unit, config, enc, features, captions[unit.split], bar, executor)
       summary.units_done += 1

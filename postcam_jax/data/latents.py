@@ -62,7 +62,7 @@ class LatentConfig:
   vae_dtype: str = "float32"
   batch_per_device: int = 1
   depth_process_res: int = 504  # DA3's processing resolution (the release's 504)
-  host_threads: int = 8  # threads that decode and resize videos (the next scene's, ahead)
+  host_threads: int = 0  # threads decoding and resizing videos (0: min(32, CPU count))
   overwrite: bool = False
   progress: bool = True
   barrier_timeout_s: float = 7 * 24 * 3600.0
@@ -77,8 +77,8 @@ class LatentConfig:
                       f"render is 4x down, then the VAE's 8x)")
     if self.stride < 1:
       problems.append(f"--stride {self.stride}: must be >= 1")
-    if self.host_threads < 1:
-      problems.append(f"--host_threads {self.host_threads}: must be >= 1")
+    if self.host_threads < 0:
+      problems.append(f"--host_threads {self.host_threads}: must be >= 0 (0: automatic)")
     if self.scenes_per_shard < 1:
       problems.append(f"--scenes_per_shard {self.scenes_per_shard}: must be >= 1")
     if self.pairs_per_scene is not None and self.pairs_per_scene < 1:
@@ -113,6 +113,10 @@ class LatentConfig:
             "vae": model(self.vae), "vae_dtype": self.vae_dtype,
             "text_encoder": model(self.text_encoder), "depth_model": model(self.depth_model),
             "depth_process_res": self.depth_process_res if self.depth_model else None}
+
+  @property
+  def threads(self) -> int:
+    return self.host_threads or min(32, os.cpu_count() or 1)
 
   @property
   def directory(self) -> str:

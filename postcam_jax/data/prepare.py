@@ -88,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help=HELP["depth_model"])
   group.add_argument("--depth_process_res", type=int, default=504,
                      help="Depth Anything 3's processing resolution (the release's 504)")
-  group.add_argument("--host_threads", type=int, default=8,
-                     help="threads decoding and resizing videos (the next scene's while the "
-                          "devices encode this one)")
+  group.add_argument("--host_threads", type=int, default=0,
+                     help="threads decoding and resizing videos, the next scene's while the "
+                          "devices encode this one (0: min(32, CPU count); a 1280x1280 video "
+                          "costs ~6 CPU-seconds)")
   group.add_argument("--scenes_per_shard", type=int, default=4, help=HELP["scenes_per_shard"])
   group.add_argument("--batch_per_device", type=int, default=1, help=HELP["batch_per_device"])
   group.add_argument("--vae_dtype", choices=("float32", "bfloat16"), default="float32",

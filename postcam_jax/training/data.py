@@ -146,6 +146,8 @@ def _cache_path(data, split: str, camera: str = "rt") -> str:
     key += f"|camera={camera}"
   if render_scale(data) != RELEASE_RENDER_SCALE:  # the release's key is the one caches had
     key += f"|render_scale={render_scale(data)}"
+  if not data.get("codec_whiten", True):
+    key += "|codec_whiten=False"
   digest = hashlib.sha1(key.encode()).hexdigest()[:12]
   return os.path.join(data.cache_dir, f"synthetic_{split}_{digest}.npz")
 
@@ -153,8 +155,9 @@ def _cache_path(data, split: str, camera: str = "rt") -> str:
 def stand_in_codec(data):
   """The stand-in encoder of ``data.encoder``: ``"patch"`` (a fixed random projection, the
   default) or ``"pca"`` (``postcam_jax.data.codec.PCACodec`` fitted on the training split's
-  videos; it also decodes, so the demo can show and score pixels). The PCA fit is cached beside
-  the examples and made on first use."""
+  videos; it also decodes, so the demo can show and score pixels; ``data.codec_whiten`` False:
+  unwhitened, see ``PCACodec.fit``). The PCA fit is cached beside the examples and made on first
+  use."""
   kind = data.get("encoder", "patch")
   if kind == "patch":
     return PatchEncoder(data.latent_channels, seed=data.seed)
@@ -165,7 +168,8 @@ def stand_in_codec(data):
     videos = [v for pair in pixel_examples(data, "train")
               for v in (pair["target_video"], pair["source_video"])]
     fitted = codec.PCACodec.fit([v.astype(np.float32) / 127.5 - 1.0 for v in videos],
-                                channels=data.latent_channels, seed=data.seed)
+                                channels=data.latent_channels, seed=data.seed,
+                                whiten=bool(data.get("codec_whiten", True)))
     os.makedirs(data.cache_dir, exist_ok=True)
     tmp = f"{path}.partial.npz"
     np.savez(tmp, **fitted.state())
