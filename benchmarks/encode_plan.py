@@ -4,7 +4,12 @@ compiled for one host of v5p and of v6e, per-chip memory and the cost model's ti
 to encode the whole MultiCamVideo dataset.
 
   python benchmarks/encode_plan.py [--topologies v5p:1x1x1,v6e:1x1] [--per_chip 1] [--bf16]
-      [--check_loop] [--out F.json]
+      [--check_loop] [--steps vae_f32,vae_render_f32,render,t5] [--known STEP=S,...]
+      [--out F.json]
+
+``--steps`` compiles only the named steps (the full VAE's compile alone takes half an hour on a
+2-core host; ``--steps t5,render`` skips it) and ``--known vae_f32=0.7249`` brings in the per-item
+time of a step planned by an earlier run; the dataset hours leave out (and name) what has no time.
 
 Each step is what ``postcam_jax.data.encoders.Encoders`` runs: on a host's chips as one ``data``
 mesh (the preparation's ``local_mesh``), ``per_chip`` items per chip, nothing exchanged between
@@ -22,8 +27,10 @@ Memory is ``memory_analysis()`` of the whole step. Time is the TPU cost model's
 loops (a ``while`` body is priced once): the VAE's chunk scan (1 + 10 chunks) is priced as the
 whole encode plus 9 more chunk steps (the chunk step compiled alone), umT5's layer scan as the
 1-layer model plus 23 more layers (one layer compiled alone), the render's per-frame map as 41 x
-the 1-frame render. The output's last table is the dataset plan: 13,600 scenes x 10 cameras,
-one 41-frame clip (frames 0, 2, ..., 80) per video, every ordered pair (90 per scene) rendered.
+the 1-frame render (with libtpu 0.0.42.1 the cost model gives the render a negative time: it is
+reported with its memory only, "time not priced"). The output's last table is the dataset plan:
+13,600 scenes x 10 cameras, one 41-frame clip (frames 0, 2, ..., 80) per video, every ordered
+pair (90 per scene) rendered; parts without a time are named and left out of the total.
 """
 
 import argparse
@@ -55,6 +62,7 @@ TEXT_LEN = 512
 SCENES, CAMERAS = 13_600, 10
 PAIRS_PER_SCENE = CAMERAS * (CAMERAS - 1)
 PODS = {"v5p-8 (4 chips, 1 host)": 4, "v5p-64 (32 chips, 8 hosts)": 32}
+STEPS = ("vae_f32", "vae_render_f32", "render", "t5")
 BF16 = CHECK_LOOP = False  # set from the command line
 
 
@@ -128,9 +136,15 @@ def render_plan(mesh, batch) -> dict:
 
   t0 = time.time()
   whole = compile_on(mesh, encoders.render_batch, *args(FRAMES))
-  one = cost_of(compile_on(mesh, encoders.render_batch, *args(1)))
-  return {"memory": memory_of(whole), "whole": cost_of(whole), "one_frame": one,
-          "seconds": FRAMES * one["optimal_seconds"], "compile_seconds": time.time() - t0}
+  out = {"memory": memory_of(whole)}
+  try:
+    out["whole"] = cost_of(whole)
+    out["one_frame"] = one = cost_of(compile_on(mesh, encoders.render_batch, *args(1)))
+    out["seconds"] = FRAMES * one["optimal_seconds"]
+  except ValueError as e:  # the scatter of the forward warp: the cost model gives < 0 s
+    out["unpriced"] = str(e)
+  out["compile_seconds"] = time.time() - t0
+  return out
 
 
 def t5_plan(mesh, batch) -> dict:
@@ -168,7 +182,7 @@ def t5_plan(mesh, batch) -> dict:
           "compile_seconds": time.time() - t0}
 
 
-def plan_topology(topology: str, per_chip: int) -> dict:
+def plan_topology(topology: str, per_chip: int, only=STEPS) -> dict:
   devices = topology_devices(topology)
   n = len(devices)
   mesh = parallel.make_mesh({"data": n}, devices=devices)
@@ -183,6 +197,8 @@ def plan_topology(topology: str, per_chip: int) -> dict:
   if BF16:
     steps["vae_bf16"] = lambda: vae_plan(mesh, batch, HEIGHT, WIDTH, jnp.bfloat16)
   for name, make in steps.items():
+    if name not in only and name != "vae_bf16":  # --bf16 adds the bfloat16 VAE
+      continue
     try:
       out[name] = make()
     except Exception as e:  # the compiler's out-of-memory verdict, reported as such
@@ -194,25 +210,33 @@ def plan_topology(topology: str, per_chip: int) -> dict:
 def summary_line(step: dict, per_chip: int) -> str:
   if "error" in step:
     return f"no plan: {step['error']}"
+  if "seconds" not in step:
+    return (f"{step['memory']['total'] / GIB:.2f} GiB per chip, time not priced ("
+            f"{step['unpriced']}), compiled in {step['compile_seconds']:.0f} s")
   return (f"{step['memory']['total'] / GIB:.2f} GiB per chip, {step['seconds']:.4f} s per batch "
           f"({step['seconds'] / per_chip:.4f} s per item per chip), compiled in "
           f"{step['compile_seconds']:.0f} s")
 
 
 def dataset_hours(plan: dict, per_chip: int, vae_key: str) -> dict:
-  """Chip-seconds per item of each step -> hours for the dataset on each pod (data parallel)."""
+  """Chip-seconds per item of each step -> hours for the dataset on each v5p pod (data parallel).
+  A step without a time (not compiled, or not priced) is listed in ``unpriced`` and left out of
+  the total, which is then a lower bound."""
   videos = SCENES * CAMERAS
   pairs = SCENES * PAIRS_PER_SCENE
-  per_item = {k: plan[k]["seconds"] / per_chip for k in (vae_key, "vae_render_f32", "render",
-                                                        "t5")}
-  chip_seconds = {"videos (VAE)": videos * per_item[vae_key],
-                  "captions (umT5)": videos * per_item["t5"],
-                  "renders (warp)": pairs * per_item["render"],
-                  "renders (VAE)": pairs * per_item["vae_render_f32"]}
+  parts = {"videos (VAE)": (vae_key, videos), "captions (umT5)": ("t5", videos),
+           "renders (warp)": ("render", pairs), "renders (VAE)": ("vae_render_f32", pairs)}
+  chip_seconds, unpriced = {}, []
+  for part, (key, items) in parts.items():
+    if "seconds" in plan.get(key, {}):
+      chip_seconds[part] = items * plan[key]["seconds"] / per_chip
+    else:
+      unpriced.append(part)
   total = sum(chip_seconds.values())
+  pods = PODS if plan["topology"].startswith("v5p") else {}
   return {"chip_hours": {k: v / 3600 for k, v in chip_seconds.items()},
-          "total_chip_hours": total / 3600,
-          "pods": {pod: total / chips_ / 3600 for pod, chips_ in PODS.items()}}
+          "total_chip_hours": total / 3600, "unpriced": unpriced,
+          "pods": {pod: total / chips_ / 3600 for pod, chips_ in pods.items()}}
 
 
 def main(argv=None):
@@ -223,21 +247,42 @@ def main(argv=None):
   parser.add_argument("--check_loop", action="store_true",
                       help="also compile the 9-frame encode (its cost equals the 41-frame one's "
                            "when the cost model prices the chunk loop's body once)")
+  parser.add_argument("--steps", default=",".join(STEPS),
+                      help="comma-separated steps to compile (default: all)")
+  parser.add_argument("--known", default="",
+                      help="per-item seconds per chip of steps planned by an earlier run, not "
+                           "compiled again, for the dataset hours: e.g. vae_f32=0.7249")
   parser.add_argument("--out", default=None, help="write every number here (json)")
   args = parser.parse_args(argv)
   global BF16, CHECK_LOOP
   BF16, CHECK_LOOP = args.bf16, args.check_loop
-  plans = [plan_topology(t, args.per_chip) for t in args.topologies.split(",")]
+  only = tuple(s.strip() for s in args.steps.split(",") if s.strip())
+  unknown = sorted(set(only) - set(STEPS))
+  if unknown:
+    parser.error(f"--steps: unknown {', '.join(unknown)}; choose from {', '.join(STEPS)}")
+  known = {}
+  for item in filter(None, (k.strip() for k in args.known.split(","))):
+    name, _, value = item.partition("=")
+    if name not in STEPS + ("vae_bf16",) or not value:
+      parser.error(f"--known {item!r}: expected STEP=SECONDS with STEP one of {', '.join(STEPS)}")
+    known[name] = float(value)
+  if known and "," in args.topologies:
+    parser.error("--known holds one topology's times: plan one topology with it")
+  plans = [plan_topology(t, args.per_chip, only) for t in args.topologies.split(",")]
   for plan in plans:
-    if all("seconds" in plan.get(k, {}) for k in ("vae_f32", "vae_render_f32", "render", "t5")):
-      for vae_key in ("vae_f32", "vae_bf16"):
-        if "seconds" not in plan.get(vae_key, {}):
-          continue
-        plan[f"dataset_{vae_key}"] = hours = dataset_hours(plan, args.per_chip, vae_key)
-        parts = ", ".join(f"{k} {v:.0f}" for k, v in hours["chip_hours"].items())
-        pods = ", ".join(f"{p}: {h:.1f} h" for p, h in hours["pods"].items())
-        print(f"{plan['topology']} dataset with {vae_key}: {hours['total_chip_hours']:.0f} "
-              f"chip-hours ({parts}); {pods}")
+    for name, seconds in known.items():
+      if "seconds" not in plan.get(name, {}):
+        plan[name] = {"seconds": seconds * args.per_chip, "from": "--known"}
+    for vae_key in ("vae_f32", "vae_bf16"):
+      if "seconds" not in plan.get(vae_key, {}):
+        continue
+      plan[f"dataset_{vae_key}"] = hours = dataset_hours(plan, args.per_chip, vae_key)
+      parts = ", ".join(f"{k} {v:.1f}" for k, v in hours["chip_hours"].items())
+      pods = "; " + ", ".join(f"{p}: {h:.1f} h" for p, h in hours["pods"].items())
+      missing = (f"; not priced, left out (a lower bound): {', '.join(hours['unpriced'])}"
+                 if hours["unpriced"] else "")
+      print(f"{plan['topology']} dataset with {vae_key}: {hours['total_chip_hours']:.1f} "
+            f"chip-hours ({parts}){pods if hours['pods'] else ''}{missing}")
   if args.out:
     with open(args.out, "w") as f:
       json.dump(plans, f, indent=1, default=lambda o: float(o) if np.isscalar(o) else str(o))

@@ -10,8 +10,9 @@ steps then 10,000 joint steps, bf16 compute with fp32 master weights, full remat
 ``backbone`` is required: a PostCam directory made by ``tools/convert_weights.py init-postcam``
 from the converted Wan DiT (the projector starts at zero); the trainer stops with an error naming
 ``--config.backbone=`` when it is unset (``--config.backbone=''`` trains from random weights, on
-purpose only). ``data_dir`` holds latent records prepared by ``postcam_jax.data.arrayrecord`` with
-a ``train`` and a ``test`` split (``data.eval_split``).
+purpose only). ``data_dir`` holds latent records (``python -m postcam_jax.data.prepare --latents ...
+--splits train,test``, README "Train") with a ``train`` and a ``test`` split
+(``data.eval_split``).
 """
 
 from ml_collections import config_dict

@@ -11,9 +11,11 @@
    (``postcam_jax.data.codec``): a random Wan-VAE could not reconstruct pixels;
 3. samples held-out (source, target camera) pairs of unseen scenes with the release's Euler
    sampler, the render made by the release's warp from the source video and its depth;
-4. writes ``<pair>_{source,render,pred,target}_video.mp4`` and a contact sheet, and prints the PSNR
-   of the prediction against the true target video, next to the "copy the source" baseline and
-   the codec's own ceiling (the target encoded and decoded).
+4. samples each pair twice with the same noise, with and without the camera and the render, and
+   writes ``<pair>_{source,render,pred,pred_no_condition,target}_video.mp4`` and a contact sheet
+   (those five rows); prints PSNR and SSIM against the true target video of the prediction, the
+   same model without camera and render, the render alone, copy-the-source and the codec's own
+   ceiling (the target encoded and decoded).
 """
 
 import dataclasses
@@ -70,15 +72,44 @@ def held_out_pairs(config, workdir, codec, num_pairs):
   for pair in chosen:
     pixel = arrayrecord.make_pixel_example(scenes[pair.scene], pair, pc)
     f = {k: pixel[k].astype(np.float32) / 127.5 - 1.0 for k in ("source_video", "target_video")}
-    rendered = np.asarray(train_data.release_render(dict(pixel, **f)))
-    out.append(dict(
-        name=f"{pair.scene}_{pair.source}_to_{pair.target}", source=f["source_video"],
-        target=f["target_video"], render_small=rendered,
-        source_latent=codec.encode(f["source_video"]),
-        render_latent=codec.encode(rendered),
-        target_latent=codec.encode(f["target_video"]),
-        context=text(pixel["caption"]), camera=np.asarray(pixel["camera"], np.float32)))
+    scale = train_data.render_scale(data)
+    rendered = np.asarray(train_data.release_render(dict(pixel, **f), scale=scale))
+    out.append({
+        "name": f"{pair.scene}_{pair.source}_to_{pair.target}", "source": f["source_video"],
+        "target": f["target_video"],
+        "render": np.repeat(np.repeat(rendered, scale, axis=1), scale, axis=2),  # at video size
+        "source_latent": codec.encode(f["source_video"]),
+        "render_latent": codec.encode(rendered),
+        "target_latent": codec.encode(f["target_video"]),
+        "context": text(pixel["caption"]), "camera": np.asarray(pixel["camera"], np.float32)})
   return out
+
+
+SCORED = (("pred", "prediction"), ("no_condition", "no camera/render"), ("render", "render"),
+          ("copy_source", "copy source"), ("codec_ceiling", "codec ceiling"))
+
+
+def score_pair(name, *, target, **videos):
+  """PSNR and SSIM (videos in [-1, 1]) against ``target`` of each video named in SCORED."""
+  row = {"pair": name}
+  for key, _ in SCORED:
+    row[f"{key}_psnr"] = fidelity.psnr(videos[key], target, peak=2.0)
+    row[f"{key}_ssim"] = fidelity.ssim(videos[key], target, peak=2.0)
+  return row
+
+
+def mean_scores(rows):
+  return {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "pair"}
+
+
+def results_table(rows, mean):
+  """Lines of the printed table: one row per pair and the mean, PSNR dB / SSIM per column."""
+  lines = [f"  {'pair':<24}" + "".join(f"{h:>20}" for _, h in SCORED),
+           f"  {'':<24}" + "".join(f"{'PSNR dB / SSIM':>20}" for _ in SCORED)]
+  for r in rows + [dict(mean, pair="mean")]:
+    lines.append(f"  {r['pair']:<24}" + "".join(
+        f"{r[k + '_psnr']:>12.2f} / {r[k + '_ssim']:.3f}" for k, _ in SCORED))
+  return lines
 
 
 def pretrain_backbone(config, workdir, steps):
@@ -171,41 +202,35 @@ def main(argv):
         num_steps=FLAGS.sample_steps, guidance_scale=1.0)
     blind = codec.decode(np.asarray(jax.device_get(blind))[0])
     ceiling = codec.decode(ex["target_latent"])
-    full_render = np.repeat(np.repeat(ex["render_small"], 4, axis=1), 4, axis=2)
-    for name, frames in (("source", ex["source"]), ("render", full_render), ("pred", pred),
-                         ("target", ex["target"])):
+    for name, frames in (("source", ex["source"]), ("render", ex["render"]), ("pred", pred),
+                         ("pred_no_condition", blind), ("target", ex["target"])):
       video.write_video(os.path.join(out_dir, f"{ex['name']}_{name}_video.mp4"),
                         sample_cli.to_uint8(frames), fps=sample_cli.OUTPUT_FPS)
+    # Rows: source, render, prediction, prediction without camera/render, target.
     sheet = sample_cli.contact_sheet([sample_cli.to_uint8(v) for v in
-                                  (ex["source"], full_render, pred, ex["target"])])
+                                      (ex["source"], ex["render"], pred, blind, ex["target"])])
     Image.fromarray(sheet).save(os.path.join(out_dir, f"{ex['name']}_contact_sheet.png"))
-    rows.append(dict(pair=ex["name"], pred=fidelity.psnr(pred, ex["target"], peak=2.0),
-                     no_condition=fidelity.psnr(blind, ex["target"], peak=2.0),
-                     copy_source=fidelity.psnr(ex["source"], ex["target"], peak=2.0),
-                     render=fidelity.psnr(full_render, ex["target"], peak=2.0),
-                     codec_ceiling=fidelity.psnr(ceiling, ex["target"], peak=2.0)))
+    rows.append(score_pair(ex["name"], target=ex["target"], pred=pred, no_condition=blind,
+                           render=ex["render"], copy_source=ex["source"], codec_ceiling=ceiling))
 
-  print(f"[4/4] results (PSNR in dB against the true target video; files in {out_dir})")
-  header = ("prediction", "no camera/render", "copy source", "codec ceiling")
-  keys = ("pred", "no_condition", "copy_source", "codec_ceiling")
-  print(f"  {'pair':<24}" + "".join(f"{h:>18}" for h in header))
-  mean = {k: float(np.mean([r[k] for r in rows])) for k in keys + ("render",)}
-  for r in rows + [dict(mean, pair="mean")]:
-    print(f"  {r['pair']:<24}" + "".join(f"{r[k]:>18.2f}" for k in keys))
-  verdict = "beats" if mean["pred"] > mean["copy_source"] else "does NOT beat"
-  effect = mean["pred"] - mean["no_condition"]
+  print(f"[4/4] results against the true target video (files in {out_dir}; contact sheets: "
+        f"source, render, prediction, prediction without camera/render, target)")
+  mean = mean_scores(rows)
+  print("\n".join(results_table(rows, mean)))
+  verdict = "beats" if mean["pred_psnr"] > mean["copy_source_psnr"] else "does NOT beat"
+  effect = mean["pred_psnr"] - mean["no_condition_psnr"]
   print(f"The prediction {verdict} copying the source "
-        f"({mean['pred'] - mean['copy_source']:+.2f} dB). What the camera and the render add over "
-        f"the same model and noise without them: {effect:+.2f} dB"
-        + (" (at this CPU training budget the gain comes from the backbone's prior, not yet from "
-           "the conditions; docs/performance.md)" if abs(effect) < 0.25 else "")
+        f"({mean['pred_psnr'] - mean['copy_source_psnr']:+.2f} dB). What the camera and the render "
+        f"add over the same model and noise without them: {effect:+.2f} dB"
+        + (" (small: at this CPU training budget the conditions add little; "
+           "docs/experiments.md)" if effect < 2.0 else "")
         + (f". Final train loss {result.metrics['train/loss']:.4f}" if "train/loss" in
            result.metrics else ". Training was already complete in the workdir")
         + f"; training {t_train:.0f} s, total {time.time() - t0:.0f} s.")
   with open(os.path.join(workdir, "demo_results.json"), "w") as f:
     json.dump({"pairs": rows, "mean": mean, "condition_effect_db": effect,
                "train_seconds": t_train, "total_seconds": time.time() - t0}, f, indent=1)
-  return 0 if mean["pred"] > mean["copy_source"] else 1
+  return 0 if mean["pred_psnr"] > mean["copy_source_psnr"] else 1
 
 
 if __name__ == "__main__":

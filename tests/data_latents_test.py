@@ -418,10 +418,12 @@ def test_a_rerun_resumes_and_other_settings_are_refused_naming_them(assets, prep
   code, out, _ = run_cli(argv(assets, data_dir), capsys)  # the same command: nothing to do
   assert code == 0 and "0 shard(s) written, 4 already finished" in out
   assert shard_files(directory) == before
-  code, _, err = run_cli(argv(assets, data_dir, "--pairs_per_scene", "2", root=tmp_path), capsys)
+  code, _, err = run_cli(argv(assets, data_dir, "--pairs_per_scene", "2", "--height", "32",
+                              root=tmp_path), capsys)
   assert code == 2 and len(err.strip().splitlines()) == 1
-  assert "is already prepared and it was made with other settings: pairs_per_scene: None -> 2; " \
-         f"root: {str(assets / 'multicam')!r} -> {str(tmp_path)!r}" in err
+  assert "is already prepared and it was made with other settings: height: 64 -> 32; " \
+         f"pairs_per_scene: None -> 2; root: {str(assets / 'multicam')!r} -> {str(tmp_path)!r}" \
+         in err
   assert "--overwrite" in err and shard_files(directory) == before
   # A directory that is not a prepared one is never removed, even with --overwrite.
   foreign = tmp_path / "foreign"
@@ -434,13 +436,20 @@ def test_a_rerun_resumes_and_other_settings_are_refused_naming_them(assets, prep
 
 
 def test_overwrite_rebuilds_with_the_new_settings(assets, tmp_path, capsys):
+  """... and, with the progress bar on (stderr not a terminal: whole lines), the bar shows the
+  scenes done, the ETA and the seconds per video."""
   args = argv(assets, tmp_path, "--pairs_per_scene", "1")
   args[args.index("--splits") + 1] = "test"
   assert run_cli(args, capsys)[0] == 0
   args[args.index("--pairs_per_scene") + 1] = "2"
   assert run_cli(args, capsys)[0] == 2
-  code, out, _ = run_cli(args + ["--overwrite"], capsys)
+  with_bar = [a for a in args if a != "--no-progress"]
+  code, out, err = run_cli(with_bar + ["--overwrite"], capsys)
   assert code == 0 and "test: 2 records in 1 shard(s)" in out
+  bar = [line for line in err.splitlines() if line.startswith("prepare [p0/1]:")]
+  assert bar and "\r" not in err, err
+  assert "0/1 [" in bar[0] and "1/1 [" in bar[-1], bar  # scenes done of this process's
+  assert "<00:00" in bar[-1] and "s_per_video=" in bar[-1], bar  # elapsed<ETA, s per video
   directory = records.prepared_dir(str(tmp_path), "latents")
   assert records.read_marker(directory)["pairs_per_scene"] == 2
 
