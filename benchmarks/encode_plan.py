@@ -141,7 +141,7 @@ def render_plan(mesh, batch) -> dict:
     out["whole"] = cost_of(whole)
     out["one_frame"] = one = cost_of(compile_on(mesh, encoders.render_batch, *args(1)))
     out["seconds"] = FRAMES * one["optimal_seconds"]
-  except ValueError as e:  # the scatter of the forward warp: the cost model gives < 0 s
+  except ValueError as e:  # a negative time left after the sentinels (none known today)
     out["unpriced"] = str(e)
   out["compile_seconds"] = time.time() - t0
   return out

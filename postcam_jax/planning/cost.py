@@ -7,9 +7,9 @@ Two blind spots of XLA's cost model are handled and labelled in every report:
   analytic FLOPs (from the custom calls' operand shapes in the compiled HLO) are added, at peak.
 A third, found on v6e: each ``ConcatBitcast`` custom call (a concatenation of VMEM-prefetched
 weight slices that is only a bitcast) is priced at exactly -1 s, a "no estimate" sentinel, so a
-1.3B step came out at -21,000 s. The planner counts them in the compiled HLO and takes the -1 s
-back out (the op itself moves no data: priced at zero); a step whose time is still negative is
-an error, never a report.
+1.3B step came out at -21,000 s; so is each of the three custom calls of a matrix inverse (v5p and
+v6e). The planner counts them in the compiled HLO and takes the -1 s back out (priced at zero,
+see SENTINEL_TARGETS); a step whose time is still negative is an error, never a report.
 """
 
 import dataclasses
@@ -90,9 +90,13 @@ def hlo_kernel_flops(hlo: str) -> tuple[float, dict]:
   return total, launches
 
 
-# Custom calls the TPU cost model prices at -1 s each (its "no estimate" sentinel; seen on v6e for
-# ConcatBitcast, a concatenation that is only a bitcast of its operands).
-SENTINEL_TARGETS = ("ConcatBitcast",)
+# Custom calls the TPU cost model prices at -1 s each (its "no estimate" sentinel): ConcatBitcast
+# on v6e, a concatenation that is only a bitcast of its operands; and, on v5p and v6e alike, the
+# three calls of a matrix inverse (``jnp.linalg.inv`` of a [1, 4, 4] compiles to -3 s: LU, then
+# the two triangular inverses), which the renderer's 4x4 camera inverses make. They are priced at
+# zero once taken out: exact for the bitcast, and the inverses here are of 4x4 and 3x3 matrices.
+SENTINEL_TARGETS = ("ConcatBitcast", "LuDecompositionBlock", "InvertDiagBlocksLowerTriangular",
+                    "InvertDiagBlocksUpperTriangular")
 
 
 _SENTINEL = re.compile(r'custom_call_target="(' + "|".join(SENTINEL_TARGETS) + r')"')
