@@ -131,6 +131,8 @@ def estimate_release_depth(model, frames: np.ndarray, *, mesh=None) -> release.R
 
 
 def make_mesh(spec: str | None):
+  """The mesh of a CLI's --mesh value ("auto": every device; empty: None), or one line naming the
+  bad spec (the sampler, depth and evaluate commands share it)."""
   if not spec:
     return None
   try:

@@ -47,7 +47,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from postcam_jax import parallel
 from postcam_jax.core import atomic
 from postcam_jax.core import cli as core_cli
 from postcam_jax.depth import cli as depth_cli
@@ -204,15 +203,6 @@ def validate(args, workdirs: WorkdirAccess | None):
 # Running.
 
 
-def make_mesh(spec: str | None):
-  if not spec:
-    return None
-  try:
-    return parallel.make_mesh("" if spec == "auto" else spec)
-  except ValueError as e:
-    raise EvaluateError(f"--mesh {spec}: {e}") from None
-
-
 def batch_size(args, mesh) -> int:
   if args.batch:
     return args.batch
@@ -254,7 +244,7 @@ def negative_states(args) -> np.ndarray | None:
 def run(args, workdirs: WorkdirAccess | None = None) -> list[str]:
   """Check, measure, write; returns the printed lines."""
   inputs = validate(args, workdirs)
-  mesh = make_mesh(args.mesh)
+  mesh = depth_cli.make_mesh(args.mesh)
   estimator = None
   if args.depth_model:
     estimator = poses.PoseEstimator.load(args.depth_model, process_res=args.process_res,

@@ -69,7 +69,6 @@ from jax.experimental import multihost_utils
 from PIL import Image
 from tqdm import tqdm
 
-from postcam_jax import parallel
 from postcam_jax.core import atomic, cli
 from postcam_jax.depth import cli as depth_cli
 from postcam_jax.depth import release as depth_release
@@ -203,9 +202,7 @@ class Pipeline:
 
   def __init__(self, args):
     self.args = args
-    self.mesh = None
-    if args.mesh:
-      self.mesh = parallel.make_mesh("" if args.mesh == "auto" else args.mesh)
+    self.mesh = depth_cli.make_mesh(args.mesh)
     self.model = model_dir.load_postcam(args.checkpoint, precision=args.precision,
                                           dtype=None, mesh=self.mesh)
     self.cfg = self.model.cfg
