@@ -15,9 +15,10 @@ Replacing (``overwrite``) removes only a folder this project made: it holds the 
 and none of the run's inputs. The old folder is moved aside, the new one renamed in, then the old
 one removed. Anything else is refused with one line (:class:`OutputError`).
 
-Staging names carry the host and the process id (``.NAME.partial-HOST-PID-XXXXXXXX``). The next
-run into the same place removes those of processes that no longer exist (``kill -9``), puts back
-a folder that such a run had moved aside but not yet replaced, and reports what it did.
+Staging names carry the host and the process id (``.NAME.partial-HOST-PID-<8 random
+characters>``). The next run into the same place removes those of processes that no longer exist
+(``kill -9``), puts back a folder that such a run had moved aside but not yet replaced, and
+reports what it did.
 
 Signals: while a staging path exists, SIGTERM raises :class:`Terminated` (a ``SystemExit`` with
 status 143) and SIGINT ``KeyboardInterrupt`` in the main thread, so every staging path is removed
