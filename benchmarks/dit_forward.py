@@ -22,10 +22,8 @@ Sizes (model dim 512, ffn 1536, text_dim 512, a 512-row context):
 | 35k | 22, 60, 104 | 34,320 (the main tokens of PostCam at 480x832x41) | 2 |
 """
 
-import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -33,7 +31,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks import _procs  # noqa: E402
-from benchmarks.postcam_forward import GIB, model_flags, rel_err  # noqa: E402
+from benchmarks.postcam_forward import (  # noqa: E402
+    GIB, comparison_parser, model_flags, rel_err, run_table)
 
 SIZES = {"2k": ((22, 16, 24), 8), "8k": ((22, 30, 52), 8), "35k": ((22, 60, 104), 2)}
 HEADER = ("| size | tokens | head_dim | layers | JAX s | PyTorch s | JAX / PyTorch | "
@@ -67,34 +66,8 @@ def format_row(r) -> str:
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--sizes", default="2k,8k,35k")
-  p.add_argument("--head-dims", default="64,128")
-  p.add_argument("--threads", type=int, default=0, help="CPUs per side (0: all of this process's)")
-  p.add_argument("--repeats", type=int, default=2)
-  p.add_argument("--dim", type=int, default=512)
-  p.add_argument("--ffn", type=int, default=1536)
-  p.add_argument("--text-dim", type=int, default=512)
-  p.add_argument("--layers", default="", help="override the layers of every size")
-  p.add_argument("--precision", default="float32")
-  args = p.parse_args()
-  args.threads = args.threads or len(os.sched_getaffinity(0))
-  print(f"{args.threads} CPU thread(s) per side; {os.cpu_count()} CPUs on this machine")
-  print(HEADER, flush=True)
-  rows = []
-  for name in args.sizes.split(","):
-    latent, layers = SIZES[name]
-    layers = int(args.layers) if args.layers else layers
-    for head_dim in (int(d) for d in args.head_dims.split(",")):
-      with tempfile.TemporaryDirectory() as workdir:
-        r = row(name, latent, layers, head_dim, args, workdir)
-      rows.append(r)
-      print(format_row(r), flush=True)
-  print(f"jax {rows[0]['jax']['jax']}, torch {rows[0]['torch']['torch']} (diffusers), threads: "
-        f"jax {rows[0]['jax']['threads']}, torch {rows[0]['torch']['threads']}")
-  worst = max(rows, key=lambda r: r["ratio"])
-  print(f"worst JAX / PyTorch: {worst['ratio']:.2f} ({worst['size']}, head_dim "
-        f"{worst['head_dim']})")
+  args = comparison_parser(__doc__.split("\n\n")[0]).parse_args()
+  run_table(args, SIZES, row, format_row, HEADER, lambda first: "diffusers")
 
 
 if __name__ == "__main__":

@@ -81,8 +81,9 @@ HEADER = ("| size | main + render tokens | head_dim | layers | JAX s | PyTorch s
           "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def comparison_parser(description: str) -> argparse.ArgumentParser:
+  """The flags both side-by-side benchmarks take (this one and ``dit_forward.py``)."""
+  p = argparse.ArgumentParser(description=description)
   p.add_argument("--sizes", default="2k,8k,35k")
   p.add_argument("--head-dims", default="64,128")
   p.add_argument("--threads", type=int, default=0, help="CPUs per side (0: all of this process's)")
@@ -92,26 +93,37 @@ def main():
   p.add_argument("--text-dim", type=int, default=512)
   p.add_argument("--layers", default="", help="override the layers of every size")
   p.add_argument("--precision", default="float32")
-  p.add_argument("--release-checkout", default="")
-  args = p.parse_args()
+  return p
+
+
+def run_table(args, sizes: dict, make_row, format_fn, header: str, reference: str):
+  """One row per (size, head_dim) of ``args``, printed as it finishes, then the versions, the
+  thread counts and the worst JAX / PyTorch ratio."""
   args.threads = args.threads or len(os.sched_getaffinity(0))
   print(f"{args.threads} CPU thread(s) per side; {os.cpu_count()} CPUs on this machine")
-  print(HEADER, flush=True)
+  print(header, flush=True)
   rows = []
   for name in args.sizes.split(","):
-    latent, layers = SIZES[name]
+    latent, layers = sizes[name]
     layers = int(args.layers) if args.layers else layers
     for head_dim in (int(d) for d in args.head_dims.split(",")):
       with tempfile.TemporaryDirectory() as workdir:
-        r = row(name, latent, layers, head_dim, args, workdir)
+        r = make_row(name, latent, layers, head_dim, args, workdir)
       rows.append(r)
-      print(format_row(r), flush=True)
-  print(f"jax {rows[0]['jax']['jax']}, torch {rows[0]['torch']['torch']} "
-        f"({rows[0]['torch']['reference']}), threads: jax {rows[0]['jax']['threads']}, torch "
-        f"{rows[0]['torch']['threads']}")
+      print(format_fn(r), flush=True)
+  first = rows[0]
+  print(f"jax {first['jax']['jax']}, torch {first['torch']['torch']} ({reference(first)}), "
+        f"threads: jax {first['jax']['threads']}, torch {first['torch']['threads']}")
   worst = max(rows, key=lambda r: r["ratio"])
   print(f"worst JAX / PyTorch: {worst['ratio']:.2f} ({worst['size']}, head_dim "
         f"{worst['head_dim']})")
+
+
+def main():
+  p = comparison_parser(__doc__.split("\n\n")[0])
+  p.add_argument("--release-checkout", default="")
+  run_table(p.parse_args(), SIZES, row, format_row, HEADER,
+            lambda first: first["torch"]["reference"])
 
 
 if __name__ == "__main__":
