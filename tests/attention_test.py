@@ -33,20 +33,25 @@ def t5_bias(seed, b, h, lq, lk, valid):
   return jnp.asarray(r.standard_normal((1, h, lq, lk)) + mask[:, None, None, :], jnp.float32)
 
 
-# (batch, Lq, Lk, heads, head_dim, block_q, block_k, bias, scale): odd lengths and padded last
-# blocks, several blocks per axis, one block, both head sizes, T5's biased scale-1 attention.
+# (batch, Lq, Lk, heads, head_dim, block_q, block_k, bias, scale, heads per tile): odd lengths
+# and padded last blocks, several blocks per axis, one block, both head sizes, T5's biased scale-1
+# attention, tiles of fewer heads than the call has (per-head bias split with the heads; a
+# broadcast bias shared by the groups, its gradient summed over them).
 CASES = [
-    ("odd_lengths_d64", 2, 37, 53, 3, 64, 16, 16, None, None),
-    ("d128_blocks", 1, 100, 100, 2, 128, 32, 24, None, None),
-    ("one_block", 1, 24, 40, 2, 64, None, None, None, None),
-    ("t5_padding_bias", 2, 45, 45, 2, 64, 16, 16, "t5", 1.0),
-    ("bias_broadcast_heads", 1, 33, 19, 2, 128, 8, 8, "qk", 0.3),
+    ("odd_lengths_d64", 2, 37, 53, 3, 64, 16, 16, None, None, None),
+    ("d128_blocks", 1, 100, 100, 2, 128, 32, 24, None, None, None),
+    ("one_block", 1, 24, 40, 2, 64, None, None, None, None, None),
+    ("t5_padding_bias", 2, 45, 45, 2, 64, 16, 16, "t5", 1.0, None),
+    ("bias_broadcast_heads", 1, 33, 19, 2, 128, 8, 8, "qk", 0.3, None),
+    ("t5_one_head_per_tile", 2, 45, 45, 4, 64, 16, 16, "t5", 1.0, 1),
+    ("two_heads_per_tile_broadcast_bias", 1, 33, 19, 4, 128, 8, 8, "qk", 0.3, 2),
+    ("one_head_per_tile_odd", 2, 37, 53, 3, 64, 16, 16, None, None, 1),
 ]
 
 
-@pytest.mark.parametrize("name,b,lq,lk,h,d,bq,bk,bias_kind,scale", CASES)
+@pytest.mark.parametrize("name,b,lq,lk,h,d,bq,bk,bias_kind,scale,hpt", CASES)
 def test_blocked_matches_xla_forward_and_gradients(name, b, lq, lk, h, d, bq, bk, bias_kind,
-                                                   scale):
+                                                   scale, hpt):
   q, k, v, w = operands(len(name), b, lq, lk, h, d)
   bias = None
   if bias_kind == "t5":
@@ -54,7 +59,7 @@ def test_blocked_matches_xla_forward_and_gradients(name, b, lq, lk, h, d, bq, bk
   elif bias_kind == "qk":
     bias = jnp.asarray(np.random.default_rng(2).standard_normal((lq, lk)), jnp.float32)
   ours = functools.partial(blocked.blocked_attention, scale=scale, precision=HIGHEST, block_q=bq,
-                           block_k=bk)
+                           block_k=bk, heads_per_tile=hpt)
   ref = functools.partial(local.xla_attention, scale=scale, precision=HIGHEST)
   assert rel(jax.jit(ours)(q, k, v, bias=bias), ref(q, k, v, bias=bias)) < 2e-6
 
@@ -72,9 +77,9 @@ def test_blocked_matches_xla_forward_and_gradients(name, b, lq, lk, h, d, bq, bk
 def test_blocked_never_materialises_the_scores():
   """At 4096 tokens x 8 heads the [H, L, L] float32 scores are 512 MiB, which XLA's attention
   holds (forward and backward); the blocked kernel's compiled temp memory is a fraction of that
-  (a few 32 MiB tiles, q/k/v/output copies) and grows linearly: doubling the tokens does not
-  quadruple it. Many batch rows x heads shorten the query blocks, so a tile stays within
-  TILE_BYTES."""
+  (a few 16 MiB tiles, q/k/v/output copies) and grows linearly: doubling the tokens does not
+  quadruple it. Long sequences get one head per tile; many batch rows shorten the query blocks,
+  so a tile stays within TILE_BYTES."""
   h, d = 8, 64
 
   def temp(fn, length):
@@ -93,7 +98,10 @@ def test_blocked_never_materialises_the_scores():
   assert max(ours) < scores / 3, [t / mib for t in ours]
   assert max(longer) < scores / 2, [t / mib for t in longer]  # the scores would be 2 GiB
   assert all(b < 2.5 * a for a, b in zip(ours, longer)), (ours, longer)
-  assert blocked.default_block_q(1, 8) == 1024 and blocked.default_block_q(1, 40) == 128
+  assert blocked.default_heads_per_tile(1, 8, 34320, 34320) == 1
+  assert blocked.default_heads_per_tile(1, 8, 256, 256) == 8
+  assert blocked.default_heads_per_tile(2, 12, 700, 700) == 4     # 2 x 4 x 700^2 x 4 B <= 16 MiB
+  assert blocked.default_block_q(1, 1) == 2048 and blocked.default_block_q(1, 8) == 256
   assert blocked.default_block_q(41, 24) == blocked.MIN_BLOCK_Q
 
 

@@ -2,8 +2,8 @@
 
 softmax(scale q k^T + bias) v computed over tiles of ``block_q`` queries x ``block_k`` keys with
 an online softmax (running row max, row sum and output per query block), so nothing of size
-[H, Lq, Lk] is ever materialised: the live memory is one [B, H, block_q, block_k] tile of scores
-plus the output. The backward is a custom VJP (FlashAttention-2's): it keeps q, k, v, the output
+[H, Lq, Lk] is ever materialised: the live memory is one [B, g, block_q, block_k] tile of scores
+plus the output, for a group of ``g`` heads (the head groups run one after the other). The backward is a custom VJP (FlashAttention-2's): it keeps q, k, v, the output
 and the per-row log-sum-exp, and recomputes each tile's probabilities from them instead of
 storing them.
 
@@ -24,15 +24,25 @@ import math
 import jax
 import jax.numpy as jnp
 
-BLOCK_K = 1024  # keys per tile
-# Queries per tile: as many as keep one [B, H, block_q, BLOCK_K] float32 tile of scores within
-# TILE_BYTES, a power of two in [MIN_BLOCK_Q, MAX_BLOCK_Q]. Measured on 2 CPU cores (one
-# attention, [1, 34320, 8, 64]): tiles of 1024 x 1024 (32 MiB) take 16.4 s, 256 x 512 23.5 s,
-# 2048 x 1024 20.5 s; fewer, larger tiles copy each K/V block fewer times (once per query block)
-# and pay the per-tile loop overhead less often. Many batch rows x heads (Depth Anything 3's
-# frames) get shorter query blocks instead of larger tiles.
-TILE_BYTES = 32 * 2 ** 20
-MIN_BLOCK_Q, MAX_BLOCK_Q = 64, 1024
+BLOCK_K = 2048  # keys per tile
+# A tile is [B, g, block_q, block_k] float32 scores of g heads, within TILE_BYTES: as many heads
+# per tile as fit (g divides H), then as many queries (a power of two in [MIN_BLOCK_Q,
+# MAX_BLOCK_Q]). Measured on 2 CPU cores (one attention [1, 8192, 8, 64], 2 threads; torch's
+# fused kernel 0.655 s): 8 heads x 1024 x 1024 per tile (32 MiB) 0.95 s, one head x 1024 x 1024
+# 0.84 s, one head x 2048 x 2048 (16 MiB) 0.74-0.78 s, one head x 1024 x 512 0.92 s. XLA's CPU
+# dots run faster on one head's 2-D matrices than batched over heads, and larger tiles pay the
+# loop's per-op overhead and copy each K/V block (once per query block) less often. Many batch
+# rows (Depth Anything 3's frames) get one head and shorter query blocks per tile instead.
+TILE_BYTES = 16 * 2 ** 20
+MIN_BLOCK_Q, MAX_BLOCK_Q = 64, 2048
+
+
+def default_heads_per_tile(batch: int, heads: int, len_q: int, len_k: int) -> int:
+  """The most heads (a divisor of ``heads``) whose [batch, g, block_q, block_k] float32 tile of
+  scores, at full-size blocks, stays within TILE_BYTES; 1 when even one head does not."""
+  tile = 4 * batch * min(len_q, MAX_BLOCK_Q) * min(len_k, BLOCK_K)
+  return max([g for g in range(1, heads + 1) if heads % g == 0 and g * tile <= TILE_BYTES],
+             default=1)
 
 
 def default_block_q(batch: int, heads: int) -> int:
@@ -44,9 +54,11 @@ def default_block_q(batch: int, heads: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-  """Static facts of one call: the scale, matmul precision and the query/key tiles."""
+  """Static facts of one call: the scale, matmul precision, the heads per tile and the
+  query/key tiles."""
   scale: float
   precision: object
+  heads_per_tile: int
   block_q: int
   num_q: int
   len_q: int
@@ -81,12 +93,44 @@ def blocks(length: int, target: int) -> tuple[int, int]:
   return size, math.ceil(length / size)
 
 
-def tiling(q_shape, k_shape, scale=None, precision=None, block_q=None, block_k=None) -> Tiling:
+def tiling(q_shape, k_shape, scale=None, precision=None, block_q=None, block_k=None,
+           heads_per_tile=None) -> Tiling:
   """The :class:`Tiling` of q [B, Lq, H, D] on k [B, Lk, H, D]."""
-  bq, nq = blocks(q_shape[1], block_q or default_block_q(q_shape[0], q_shape[2]))
+  batch, heads = q_shape[0], q_shape[2]
+  g = heads_per_tile or default_heads_per_tile(batch, heads, q_shape[1], k_shape[1])
+  if heads % g:
+    raise ValueError(f"heads_per_tile {g} does not divide the {heads} heads")
+  bq, nq = blocks(q_shape[1], block_q or default_block_q(batch, g))
   bk, nk = blocks(k_shape[1], block_k or BLOCK_K)
   scale = 1.0 / math.sqrt(q_shape[-1]) if scale is None else float(scale)
-  return Tiling(scale, precision, bq, nq, q_shape[1], bk, nk, k_shape[1])
+  return Tiling(scale, precision, g, bq, nq, q_shape[1], bk, nk, k_shape[1])
+
+
+# -- head groups ------------------------------------------------------------------------------
+# Tiles hold ``g`` heads; the H / g groups run one after the other under ``lax.map``.
+
+def _groups(x, g: int, axis: int):
+  """Split ``axis`` (H) into [H / g, g] and move the group index to the front."""
+  x = x.reshape(*x.shape[:axis], x.shape[axis] // g, g, *x.shape[axis + 1:])
+  return jnp.moveaxis(x, axis, 0)
+
+
+def _ungroup(x, axis: int):
+  """The inverse of :func:`_groups`: [H / g, ..., g, ...] -> [..., H, ...]."""
+  x = jnp.moveaxis(x, 0, axis)
+  return x.reshape(*x.shape[:axis], -1, *x.shape[axis + 2:])
+
+
+def _bias_groups(bias, heads: int, g: int):
+  """(per-group bias [H / g, b', g, lq', lk'] or None, shared bias or None): a bias with a
+  head dimension of H is split with the heads; a broadcast one is the same for every group."""
+  if bias is None:
+    return None, None
+  bias = jnp.asarray(bias)
+  full = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+  if full.shape[1] == heads:
+    return _groups(full, g, 1), None
+  return None, bias
 
 
 # -- layouts ----------------------------------------------------------------------------------
@@ -230,15 +274,30 @@ def _finish(acc, m, l):
 
 
 def forward_with_lse(q, k, v, *, bias=None, scale=None, precision=None, block_q=None,
-                     block_k=None):
+                     block_k=None, heads_per_tile=None):
   """(output [B, Lq, H, D] float32, log-sum-exp [B, H, Lq] float32) of the blocked attention
   (no custom gradient: ring attention's building block)."""
-  t = tiling(q.shape, k.shape, scale, precision, block_q, block_k)
+  t = tiling(q.shape, k.shape, scale, precision, block_q, block_k, heads_per_tile)
   out, lse = _forward(q, k, v, bias, t)
   return out, lse
 
 
 def _forward(q, k, v, bias, t: Tiling):
+  """(output [B, Lq, H, D] float32, lse [B, H, Lq]), one group of heads at a time."""
+  heads, g = q.shape[2], t.heads_per_tile
+  if g == heads:
+    return _forward_group(q, k, v, bias, t)
+  grouped_bias, shared_bias = _bias_groups(bias, heads, g)
+
+  def one(xs):
+    qg, kg, vg, bias_g = xs
+    return _forward_group(qg, kg, vg, shared_bias if bias_g is None else bias_g, t)
+
+  out, lse = jax.lax.map(one, (*(_groups(x, g, 2) for x in (q, k, v)), grouped_bias))
+  return _ungroup(out, 2), _ungroup(lse, 1)
+
+
+def _forward_group(q, k, v, bias, t: Tiling):
   qb = _to_blocks(q, t.block_q, t.num_q)
   kb = _to_blocks(k, t.block_k, t.num_k)
   vb = _to_blocks(v, t.block_k, t.num_k)
@@ -251,16 +310,39 @@ def _forward(q, k, v, bias, t: Tiling):
 # -- backward ---------------------------------------------------------------------------------
 
 def backward_with_lse(q, k, v, dout, lse, delta, *, bias=None, scale=None, precision=None,
-                      block_q=None, block_k=None):
+                      block_q=None, block_k=None, heads_per_tile=None):
   """(dq, dk, dv, dbias) of the attention of q on k/v given the rows' final log-sum-exp ``lse``
   [B, H, Lq] and ``delta`` = sum(dout * out, -1) [B, H, Lq] (both possibly over more keys than
   ``k``: then these are the gradients of this block's share). dq/dk/dv float32; dbias in the
   bias's shape and dtype (None without a bias)."""
-  t = tiling(q.shape, k.shape, scale, precision, block_q, block_k)
+  t = tiling(q.shape, k.shape, scale, precision, block_q, block_k, heads_per_tile)
   return _backward(q, k, v, bias, dout, lse, delta, t)
 
 
 def _backward(q, k, v, bias, dout, lse, delta, t: Tiling):
+  """(dq, dk, dv, dbias), one group of heads at a time."""
+  heads, g = q.shape[2], t.heads_per_tile
+  if g == heads:
+    return _backward_group(q, k, v, bias, dout, lse, delta, t)
+  grouped_bias, shared_bias = _bias_groups(bias, heads, g)
+
+  def one(xs):
+    qg, kg, vg, dog, lse_g, delta_g, bias_g = xs
+    return _backward_group(qg, kg, vg, shared_bias if bias_g is None else bias_g, dog, lse_g,
+                           delta_g, t)
+
+  dq, dk, dv, dbias = jax.lax.map(one, (*(_groups(x, g, 2) for x in (q, k, v, dout)),
+                                        _groups(lse, g, 1), _groups(delta, g, 1), grouped_bias))
+  if dbias is not None:
+    if grouped_bias is None:  # one bias shared by every group: its gradient is their sum
+      dbias = jnp.sum(dbias.astype(jnp.float32), axis=0)
+    else:
+      dbias = _ungroup(dbias, 1)
+    dbias = dbias.reshape(jnp.shape(bias)).astype(bias.dtype)
+  return _ungroup(dq, 2), _ungroup(dk, 2), _ungroup(dv, 2), dbias
+
+
+def _backward_group(q, k, v, bias, dout, lse, delta, t: Tiling):
   qb = _to_blocks(q, t.block_q, t.num_q)
   kb = _to_blocks(k, t.block_k, t.num_k)
   vb = _to_blocks(v, t.block_k, t.num_k)
@@ -346,11 +428,12 @@ _blocked.defvjp(_attention_fwd, _attention_bwd)
 
 
 def blocked_attention(q, k, v, *, bias=None, scale=None, precision=None, block_q=None,
-                      block_k=None):
+                      block_k=None, heads_per_tile=None):
   """softmax(scale q k^T + bias) v, q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D] in q's
-  dtype, by tiles of ``block_q`` x ``block_k`` (defaults :func:`default_block_q` x :data:`BLOCK_K`)."""
+  dtype, by tiles of ``heads_per_tile`` heads x ``block_q`` x ``block_k`` (defaults
+  :func:`default_heads_per_tile`, :func:`default_block_q`, :data:`BLOCK_K`)."""
   if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
     raise ValueError(f"blocked attention takes q [B, Lq, H, D] and k, v [B, Lk, H, D] of one "
                      f"batch, heads and head_dim; got q {q.shape}, k {k.shape}, v {v.shape}")
-  t = tiling(q.shape, k.shape, scale, precision, block_q, block_k)
+  t = tiling(q.shape, k.shape, scale, precision, block_q, block_k, heads_per_tile)
   return _blocked(q, k, v, bias, t)
