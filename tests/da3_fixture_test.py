@@ -56,7 +56,7 @@ def test_release_step_on_test1(tmp_path):
   assert [hashlib.sha256(f.tobytes()).hexdigest() for f in frames] == \
       manifest["frames_rgb_sha256"]
   subset = frames[SUBSET]
-  got = estimate_lib.estimate(model, subset)
+  got = estimate_lib.estimate(model, subset, cubic="opencv")
   with ref.no_ipp():
     want = ref.inference(torch_model, subset, use_ray_pose=False)
   assert got.processed_hw == tuple(manifest["prediction"]["model_hw"]) == (294, 504)

@@ -73,9 +73,11 @@ def forward(model, images: np.ndarray, *, ref_view_strategy: str = "saddle_balan
 def estimate(model, frames: np.ndarray, *, process_res: int = 504,
              process_res_method: str = "upper_bound_resize",
              ref_view_strategy: str = "saddle_balanced", use_ray_pose: bool = False,
-             mesh=None) -> DepthPrediction:
+             mesh=None, cubic: str = "ipp") -> DepthPrediction:
   """Depth and cameras of uint8 RGB ``frames`` [N, H, W, 3] by a DA3 model with a camera
-  decoder (any-view or nested; see the module docstring for the scale)."""
+  decoder (any-view or nested; see the module docstring for the scale). ``cubic``: the kernel of
+  the input's cubic resizes (``preprocess.CUBIC_KERNELS``: ``ipp``, what opencv-python's x86
+  wheels and so the release compute; ``opencv``, OpenCV's own)."""
   if use_ray_pose:
     raise ValueError("use_ray_pose=True (poses solved from the ray head by RANSAC) is not part "
                      "of this port; the release calls use_ray_pose=False (camera decoder)")
@@ -89,7 +91,7 @@ def estimate(model, frames: np.ndarray, *, process_res: int = 504,
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
     raise ValueError(f"frames must be uint8 RGB [N, H, W, 3] with N >= 1; got {frames.dtype} "
                      f"{tuple(frames.shape)}")
-  images = preprocess.preprocess(frames, process_res, process_res_method)
+  images = preprocess.preprocess(frames, process_res, process_res_method, cubic)
   out = forward(model, images, ref_view_strategy=ref_view_strategy, mesh=mesh)
   if "non_sky_count" in out and int(out["non_sky_count"]) <= 10:
     raise ValueError(f"the metric branch sees {int(out['non_sky_count'])} non-sky pixels; the "

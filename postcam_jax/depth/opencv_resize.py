@@ -14,13 +14,20 @@ Kernels reproduced:
   ``resizeArea_`` (rounded half to even), or for integer factors ``resizeAreaFast_`` (2x2 blocks:
   ``(sum + 2) >> 2``; others ``round(sum * (1 / area))``); growing on an axis: OpenCV's
   fixed-point bilinear pass with INTER_AREA's coefficients.
-- ``INTER_CUBIC``: Keys' cubic (A = -0.75) weights in float32, quantised to 11 bits; a horizontal
-  pass in integers, then a vertical pass that OpenCV's SIMD code does in float32
-  (``((s0 b0 + (s1 b1 + (s2 b2 + s3 b3))))`` with b = beta / 2^22, round half to even) for whole
-  groups of 8 row values and in fixed point (``(sum + 2^21) >> 22``) for the remainder. OpenCV's
-  x86 wheels hand uint8 cubic resizes to Intel IPP by default, whose closed, CPU-dispatched kernel
-  differs from OpenCV's own by one grey level on ~1-2 % of the values: this is OpenCV's own kernel
-  (IPP off), which docs/performance.md measures against the release's IPP run.
+- ``INTER_CUBIC``, OpenCV's own kernel (:func:`resize_cubic`; IPP off, or builds without IPP):
+  Keys' cubic (A = -0.75) weights in float32, quantised to 11 bits; a horizontal pass in integers,
+  then a vertical pass that OpenCV's SIMD code does in float32 (``((s0 b0 + (s1 b1 + (s2 b2 + s3
+  b3))))`` with b = beta / 2^22, round half to even) for whole groups of 8 row values and in
+  fixed point (``(sum + 2^21) >> 22``) for the remainder.
+- ``INTER_CUBIC`` as opencv-python's x86 wheels run it (:func:`resize_cubic_ipp`, the default of
+  ``postcam_jax.depth.preprocess``: what the release computes): those wheels hand uint8 cubic
+  resizes to Intel IPP, whose closed kernel differs from OpenCV's own by one grey level on 2-5 %
+  of the values. Measured against it (tests/da3_preprocess_test.py), IPP behaves as the
+  unquantised Keys weights in float32: a horizontal then a vertical pass, each accumulated in
+  float32 in tap order, rounded half to even once at the end. That matches IPP on all values but
+  ~1e-5 of them (sums within float32 rounding of a .5 tie), where it is one grey level off; no
+  closer formulation was found (float64 passes, fixed point of 11-16 bits, other tap orders,
+  fused multiply-adds, other cubic formulas all do as well or worse).
 """
 
 import math
@@ -209,6 +216,40 @@ def _cubic_taps(src: int, dst: int):
   coeffs = _cubic_coeffs(frac) * np.float32(1 << _CUBIC_COEF_BITS)
   weights = np.clip(np.rint(coeffs), -32768, 32767).astype(np.int64)
   return s.astype(np.int64) - 1, weights
+
+
+def _keys_weights(src: int, dst: int):
+  """(first tap index [dst], float32 weights [dst, 4]): Keys' cubic (A = -0.75) at the exact
+  (float64) source position of each output, not quantised."""
+  pos = (np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5
+  first = np.floor(pos)
+  x = pos - first
+  a = -0.75
+  near = lambda t: ((a + 2) * t - (a + 3)) * t * t + 1  # noqa: E731  |t| <= 1
+  far = lambda t: ((a * t - 5 * a) * t + 8 * a) * t - 4 * a  # noqa: E731  1 < |t| < 2
+  weights = np.stack([far(x + 1), near(x), near(1 - x), far(2 - x)], axis=-1)
+  return first.astype(np.int64) - 1, weights.astype(np.float32)
+
+
+def resize_cubic_ipp(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+  """``cv2.resize(image, (W, H), interpolation=cv2.INTER_CUBIC)`` of uint8 [..., h, w, C] as
+  opencv-python's x86 wheels compute it (Intel IPP; within one grey level on ~1e-5 of the values,
+  see the module docstring). Edge taps repeat the border pixel."""
+  image = _check_image(image, "resize_cubic_ipp")
+  h, w = image.shape[-3:-1]
+  out_h, out_w = hw
+  if (h, w) == (out_h, out_w):
+    return image.copy()
+  x0, xw = _keys_weights(w, out_w)
+  y0, yw = _keys_weights(h, out_h)
+  src = image.astype(np.float32)
+  rows = src[..., :, np.clip(x0, 0, w - 1), :] * xw[:, 0][:, None]
+  for k in range(1, 4):
+    rows = rows + src[..., :, np.clip(x0 + k, 0, w - 1), :] * xw[:, k][:, None]
+  out = rows[..., np.clip(y0, 0, h - 1), :, :] * yw[:, 0][:, None, None]
+  for k in range(1, 4):
+    out = out + rows[..., np.clip(y0 + k, 0, h - 1), :, :] * yw[:, k][:, None, None]
+  return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def resize_cubic(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -7,8 +7,10 @@ side to its nearest multiple of 14 (ties up), ``INTER_CUBIC`` if either side gro
 ``INTER_AREA``; ``lower_bound_resize`` uses the shortest side; the ``*_crop`` methods centre-crop
 to multiples of 14 instead. Then ``ToTensor`` (/255) and ImageNet normalisation, in float32.
 
-The resizes are OpenCV's own kernels, bit for bit (``postcam_jax.depth.opencv_resize``; the
-IPP caveat of its cubic resize is there).
+The resizes are OpenCV's (``postcam_jax.depth.opencv_resize``). ``INTER_AREA`` is bit for bit;
+``INTER_CUBIC`` is, by default (``cubic="ipp"``), the kernel opencv-python's x86 wheels run (Intel
+IPP, what the release computes; within one grey level on ~1e-5 of the values), or with
+``cubic="opencv"`` OpenCV's own kernel bit for bit (IPP off, or builds without IPP).
 """
 
 import numpy as np
@@ -19,6 +21,7 @@ PATCH = 14
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 METHODS = ("upper_bound_resize", "upper_bound_crop", "lower_bound_resize", "lower_bound_crop")
+CUBIC_KERNELS = {"ipp": opencv_resize.resize_cubic_ipp, "opencv": opencv_resize.resize_cubic}
 
 
 def _nearest_multiple(x: int, p: int = PATCH) -> int:
@@ -41,14 +44,16 @@ def processed_size(h: int, w: int, process_res: int = 504,
   return (h // PATCH) * PATCH, (w // PATCH) * PATCH
 
 
-def _resize(frames: np.ndarray, hw, grow: bool) -> np.ndarray:
+def _resize(frames: np.ndarray, hw, grow: bool, cubic: str) -> np.ndarray:
   """DA3's rule: ``INTER_CUBIC`` when a side grows, else ``INTER_AREA``."""
-  return opencv_resize.resize_cubic(frames, hw) if grow else opencv_resize.resize_area(frames, hw)
+  return CUBIC_KERNELS[cubic](frames, hw) if grow else opencv_resize.resize_area(frames, hw)
 
 
 def resize_frames(frames: np.ndarray, process_res: int = 504,
-                  method: str = "upper_bound_resize") -> np.ndarray:
+                  method: str = "upper_bound_resize", cubic: str = "ipp") -> np.ndarray:
   """uint8 [N, H, W, 3] RGB -> uint8 [N, h, w, 3] at the model resolution."""
+  if cubic not in CUBIC_KERNELS:
+    raise ValueError(f"unknown cubic kernel {cubic!r}; choose one of {', '.join(CUBIC_KERNELS)}")
   frames = np.asarray(frames)
   if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
     raise ValueError(f"frames must be uint8 [N, H, W, 3] RGB; got {frames.dtype} "
@@ -60,12 +65,12 @@ def resize_frames(frames: np.ndarray, process_res: int = 504,
   if side != process_res:
     scale = process_res / float(side)
     nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-    frames = _resize(frames, (nh, nw), grow=scale > 1.0)
+    frames = _resize(frames, (nh, nw), grow=scale > 1.0, cubic=cubic)
     h, w = nh, nw
   if method.endswith("resize"):
     nh, nw = max(1, _nearest_multiple(h)), max(1, _nearest_multiple(w))
     if (nh, nw) != (h, w):
-      frames = _resize(frames, (nh, nw), grow=nw > w or nh > h)
+      frames = _resize(frames, (nh, nw), grow=nw > w or nh > h, cubic=cubic)
   else:
     nh, nw = (h // PATCH) * PATCH, (w // PATCH) * PATCH
     top, left = (h - nh) // 2, (w - nw) // 2
@@ -79,7 +84,8 @@ def normalize(frames: np.ndarray) -> np.ndarray:
   return ((x - MEAN) / STD).astype(np.float32)
 
 
-def preprocess(frames: np.ndarray, process_res: int = 504,
-               method: str = "upper_bound_resize") -> np.ndarray:
-  """uint8 [N, H, W, 3] RGB -> the model input float32 [N, h, w, 3]."""
-  return normalize(resize_frames(frames, process_res, method))
+def preprocess(frames: np.ndarray, process_res: int = 504, method: str = "upper_bound_resize",
+               cubic: str = "ipp") -> np.ndarray:
+  """uint8 [N, H, W, 3] RGB -> the model input float32 [N, h, w, 3] (``cubic``: the kernel of
+  OpenCV's ``INTER_CUBIC``, see the module docstring)."""
+  return normalize(resize_frames(frames, process_res, method, cubic))
