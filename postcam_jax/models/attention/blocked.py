@@ -3,9 +3,9 @@
 softmax(scale q k^T + bias) v computed over tiles of ``block_q`` queries x ``block_k`` keys with
 an online softmax (running row max, row sum and output per query block), so nothing of size
 [H, Lq, Lk] is ever materialised: the live memory is one [B, g, block_q, block_k] tile of scores
-plus the output, for a group of ``g`` heads (the head groups run one after the other). The backward is a custom VJP (FlashAttention-2's): it keeps q, k, v, the output
-and the per-row log-sum-exp, and recomputes each tile's probabilities from them instead of
-storing them.
+plus the output, for a group of ``g`` heads (the head groups run one after the other). The
+backward is a custom VJP (FlashAttention-2's): it keeps q, k, v, the output and the per-row
+log-sum-exp, and recomputes each tile's probabilities from them instead of storing them.
 
 Tiles: a sequence of L tokens is cut into ``n = ceil(L / target)`` blocks of equal size, a
 multiple of 8 (one block of exactly L tokens when ``L <= target``), padded at the end; padded keys
