@@ -50,7 +50,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "demo_out", "where everything is written")
 flags.DEFINE_integer("sample_steps", 25, "Euler steps of the sampler")
 flags.DEFINE_integer("num_pairs", 4, "held-out pairs to sample and score")
-flags.DEFINE_integer("backbone_steps", 600, "steps of the stand-in backbone's pretraining")
+flags.DEFINE_integer("backbone_steps", 3000, "steps of the stand-in backbone's pretraining")
 config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "demo.py"),
                                 "the demo's training config", lock_config=True)
 
@@ -62,7 +62,8 @@ def held_out_pairs(config, workdir, codec, num_pairs):
   if not os.path.exists(os.path.join(root, "train")):
     synthetic.generate(synthetic.GeneratorConfig(
         root=root, num_scenes=1, num_cameras=data.num_cameras, num_frames=data.num_frames,
-        height=data.height, width=data.width, seed=data.seed + 5000))
+        height=data.height, width=data.width, seed=data.seed + 5000,
+        **train_data.camera_layout(data)))
   scenes = multicam.scan_dataset(root, "train").scenes
   chosen = pairs.enumerate_pairs(scenes, data.num_frames)[:num_pairs]
   pc = arrayrecord.PairsConfig(name="demo", root=root, clip_frames=data.num_frames,

@@ -244,3 +244,35 @@ def test_cli_help_and_bad_config(capsys):
   assert "--num_scenes" in capsys.readouterr().out
   with pytest.raises(ValueError, match="even"):
     synthetic.GeneratorConfig(height=63)
+
+
+def test_camera_layout_knobs_place_cameras_and_keep_the_scene():
+  """``camera_spread_deg`` / ``camera_distance_m`` (the demo recipe's overlapping views) move
+  only the cameras' starts: the scene, the trajectory kinds and the default layout's stream stay."""
+  target = np.array([0.5, -1.0, 1.0])
+  for kind in ("static", "pan", "tilt", "arc", "translate"):  # frame 0 is the start point
+    c2w = synthetic.make_trajectory(kind, np.random.default_rng(3), 9, target,
+                                    azimuth_range=(1.0, 1.3), distance_m=6.0)
+    arm = c2w[0, :3, 3] - target
+    assert 1.0 <= np.arctan2(arm[1], arm[0]) <= 1.3
+    np.testing.assert_allclose(np.linalg.norm(arm), 6.0, rtol=1e-12)
+  base = dict(CONFIG, num_scenes=1, num_cameras=6)
+  default = synthetic.build_scene(synthetic.GeneratorConfig(**base), 0)
+  explicit = synthetic.build_scene(synthetic.GeneratorConfig(
+      **base, camera_spread_deg=360.0, camera_distance_m=0.0), 0)
+  close = synthetic.build_scene(synthetic.GeneratorConfig(
+      **base, camera_spread_deg=30.0, camera_distance_m=7.0), 0)
+  assert default.kinds == close.kinds and default.scene.describe() == close.scene.describe()
+  assert default.scene.salt == close.scene.salt
+  starts = {}
+  for cam in default.c2w:
+    np.testing.assert_array_equal(default.c2w[cam], explicit.c2w[cam])
+    assert not np.allclose(default.c2w[cam], close.c2w[cam])
+    if close.kinds[cam] in ("static", "pan", "tilt"):  # start = position; target +- ~0.3 m noise
+      starts[cam] = close.c2w[cam][0, :3, 3] - close.scene.character_feet(0.0)
+  azimuths = np.unwrap([np.arctan2(s[1], s[0]) for s in starts.values()])
+  assert len(starts) >= 2 and np.ptp(azimuths) < np.deg2rad(30 + 15)
+  with pytest.raises(ValueError, match="camera_spread_deg"):
+    synthetic.GeneratorConfig(camera_spread_deg=400)
+  with pytest.raises(ValueError, match="camera_distance_m"):
+    synthetic.GeneratorConfig(camera_distance_m=-1)

@@ -4,8 +4,11 @@ table (model, model without camera/render, render, copy-source, codec ceiling; P
 import numpy as np
 import pytest
 
+from configs import common
 from configs import demo as demo_config
 from postcam_jax import demo
+from postcam_jax.data import multicam, synthetic
+from postcam_jax.training import data as train_data
 
 
 class _ZeroCodec:
@@ -45,3 +48,23 @@ def test_scores_and_table():
   assert all(h in lines[0] for h in ("prediction", "no camera/render", "render", "copy source"))
   assert lines[-1].split()[0] == "mean"
   assert f"{mean['pred_psnr']:.2f} / {mean['pred_ssim']:.3f}" in lines[-1]
+
+
+def test_camera_layout_of_the_config_reaches_the_generated_scenes(tmp_path):
+  """``data.camera_spread_deg`` / ``camera_distance_m`` generate the scenes with those cameras,
+  under their own folder and cache key (the dataset's layout keeps the old ones)."""
+  size = dict(num_scenes=1, num_cameras=2, num_frames=9, height=32, width=48)
+  data = common.data_synthetic(batch_size=1, cache_dir=str(tmp_path), camera_spread_deg=30.0,
+                               camera_distance_m=7.0, **size)
+  default = common.data_synthetic(batch_size=1, cache_dir=str(tmp_path), **size)
+  assert train_data.camera_layout(data) == {"camera_spread_deg": 30.0, "camera_distance_m": 7.0}
+  assert train_data.camera_layout(default) == {}
+  assert (train_data._cache_path(data, "train")  # pylint: disable=protected-access
+          != train_data._cache_path(default, "train"))  # pylint: disable=protected-access
+  assert len(train_data.pixel_examples(data, "train")) == 2
+  (root,) = [d for d in (tmp_path).iterdir() if d.name.startswith("scenes_")]
+  scene = multicam.scan_dataset(str(root), "train").scenes[0]
+  spec = synthetic.build_scene(synthetic.GeneratorConfig(
+      seed=0, camera_spread_deg=30.0, camera_distance_m=7.0, **size), 0)
+  for cam in ("cam01", "cam02"):
+    np.testing.assert_allclose(scene.c2w[cam], spec.dataset_c2w(cam), atol=1e-9)

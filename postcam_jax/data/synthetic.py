@@ -4,7 +4,8 @@ Each scene is real geometry: a tiled ground plane, a background dome, a "charact
 with a flat magenta sphere for a head, the *marker*) that walks, and several textured spheres and
 boxes that move, bounce and spin. 10 cameras (by default) film it on the dataset's kinds of
 trajectories (static, pan, tilt, arc, translation, smoothed polyline; constant or eased speed),
-from 3, 5, 7 or 10 m. Every camera's video is the ray-cast, z-buffered image of the same scene at
+from 3, 5, 7 or 10 m, starting anywhere around the figure (``camera_distance_m`` and
+``camera_spread_deg`` place them closer together, for views that overlap). Every camera's video is the ray-cast, z-buffered image of the same scene at
 the same instants through its intrinsics and extrinsics. Written per scene::
 
   <root>/<split>/<group>/sceneK/videos/camXX.mp4           H.264, ``fps``
@@ -82,6 +83,13 @@ class GeneratorConfig:
   seed: int = 0
   split: str = "train"
   workers: int = 1
+  # The sector (degrees of azimuth around the figure) that a scene's cameras start in: 360, the
+  # dataset's way, puts them anywhere, so two cameras often face each other and a warp of one
+  # covers little of the other; smaller sectors make views overlap (demo recipe, issue 23).
+  camera_spread_deg: float = 360.0
+  # Every camera at this distance (metres) from the figure; 0: each draws 3, 5, 7 or 10 m, the
+  # dataset's way (a 3 m view and a 10 m view share little at the warp's resolution).
+  camera_distance_m: float = 0.0
 
   def __post_init__(self):
     if self.num_scenes < 1 or self.num_cameras < 2 or self.num_frames < 2:
@@ -92,6 +100,11 @@ class GeneratorConfig:
     if self.height % 2 or self.width % 2 or self.height < 8 or self.width < 8:
       raise ValueError(f"height and width must be even and >= 8 (H.264 yuv420p); got "
                        f"{self.height}x{self.width}")
+    if not 0 <= self.camera_spread_deg <= 360:
+      raise ValueError(f"camera_spread_deg must be within [0, 360], got {self.camera_spread_deg}")
+    if self.camera_distance_m < 0:
+      raise ValueError(f"camera_distance_m must be >= 0 (0: the dataset's 3/5/7/10 m), got "
+                       f"{self.camera_distance_m}")
 
 
 def scene_location(index: int) -> tuple[str, str]:
@@ -209,12 +222,17 @@ def _rotate_z(v: np.ndarray, angle: np.ndarray) -> np.ndarray:
 
 
 def make_trajectory(kind: str, rng: np.random.Generator, num_frames: int,
-                    target: np.ndarray) -> np.ndarray:
-  """Camera-to-world [T, 4, 4] (OpenCV axes, generator world) of one trajectory ``kind``."""
+                    target: np.ndarray,
+                    azimuth_range: tuple[float, float] = (0.0, 2 * np.pi),
+                    distance_m: float = 0.0) -> np.ndarray:
+  """Camera-to-world [T, 4, 4] (OpenCV axes, generator world) of one trajectory ``kind``,
+  starting at an azimuth (radians, around ``target``) drawn from ``azimuth_range``, at
+  ``distance_m`` from it (0: 3, 5, 7 or 10 m at random)."""
   if kind not in TRAJECTORY_KINDS:
     raise ValueError(f"trajectory kind must be one of {TRAJECTORY_KINDS}, got {kind!r}")
-  distance = float(rng.choice([3.0, 5.0, 7.0, 10.0]))
-  azimuth, pitch = rng.uniform(0, 2 * np.pi), np.deg2rad(rng.uniform(5, 40))
+  distance = float(rng.choice([3.0, 5.0, 7.0, 10.0]))  # drawn either way: the stream stays
+  distance = distance_m or distance
+  azimuth, pitch = rng.uniform(*azimuth_range), np.deg2rad(rng.uniform(5, 40))
   start = target + distance * np.array(
       [np.cos(pitch) * np.cos(azimuth), np.cos(pitch) * np.sin(azimuth), np.sin(pitch)])
   p = _progress(rng, num_frames)
@@ -335,12 +353,19 @@ def build_scene(config: GeneratorConfig, index: int) -> SceneSpec:
   offset = np.round(rng.uniform(-50, 50, size=3) * 100) / 100  # dataset worlds are not centred
   first_kind = int(rng.integers(0, len(TRAJECTORY_KINDS)))
   target = scene.character_feet(0.0) + np.array([0.0, 0.0, 1.0])
+  azimuth_range = (0.0, 2 * np.pi)
+  if config.camera_spread_deg < 360:  # the sector's centre from its own stream: the scene, the
+    # trajectory kinds and every other draw stay those of the full-circle scene
+    centre = np.random.default_rng([config.seed, index, 1]).uniform(0, 2 * np.pi)
+    half = np.deg2rad(config.camera_spread_deg) / 2
+    azimuth_range = (centre - half, centre + half)
   kinds, c2w = {}, {}
   for c in range(config.num_cameras):
     cam = f"cam{c + 1:02d}"
     kinds[cam] = TRAJECTORY_KINDS[(first_kind + c) % len(TRAJECTORY_KINDS)]
     c2w[cam] = make_trajectory(kinds[cam], rng, config.num_frames,
-                               target + rng.normal(size=3) * 0.3)
+                               target + rng.normal(size=3) * 0.3, azimuth_range,
+                               config.camera_distance_m)
   return SceneSpec(group, name, focal_mm, intrinsics, scene, offset, kinds, c2w)
 
 

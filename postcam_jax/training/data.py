@@ -136,6 +136,15 @@ def render_scale(data) -> int:
   return int(data.get("render_scale") or RELEASE_RENDER_SCALE)
 
 
+def camera_layout(data) -> dict:
+  """The generator's camera placement knobs set in ``data`` (``camera_spread_deg``,
+  ``camera_distance_m`` of ``synthetic.GeneratorConfig``) that differ from the dataset's way
+  (all around, 3/5/7/10 m): ``{}`` for the default layout."""
+  defaults = {"camera_spread_deg": 360.0, "camera_distance_m": 0.0}
+  return {k: float(data[k]) for k, v in defaults.items()
+          if k in data and float(data[k]) != v}
+
+
 def _cache_path(data, split: str, camera: str = "rt") -> str:
   """The cache file of ``split``'s examples with ``camera``'s representation (the RT key is the
   one caches always had, so they stay valid)."""
@@ -148,6 +157,8 @@ def _cache_path(data, split: str, camera: str = "rt") -> str:
     key += f"|render_scale={render_scale(data)}"
   if not data.get("codec_whiten", True):
     key += "|codec_whiten=False"
+  if camera_layout(data) != {}:
+    key += f"|camera_layout={sorted(camera_layout(data).items())}"
   digest = hashlib.sha1(key.encode()).hexdigest()[:12]
   return os.path.join(data.cache_dir, f"synthetic_{split}_{digest}.npz")
 
@@ -205,10 +216,13 @@ def pixel_examples(data, split: str) -> list[dict]:
   same_scenes = split == "train" or not data.num_eval_scenes
   num_scenes = data.num_scenes if same_scenes else data.num_eval_scenes
   seed = data.seed if same_scenes else data.seed + 1000  # held-out scenes: other seeds
-  root = os.path.join(data.cache_dir, f"scenes_{seed}_{num_scenes}")
+  layout = camera_layout(data)
+  root = os.path.join(data.cache_dir, f"scenes_{seed}_{num_scenes}" +
+                      "".join(f"_{k}{v:g}" for k, v in sorted(layout.items())))
   gen = synthetic.GeneratorConfig(root=root, num_scenes=num_scenes, num_cameras=data.num_cameras,
                                   num_frames=data.num_frames, height=data.height,
-                                  width=data.width, seed=seed, crf=0)  # lossless: reproducible
+                                  width=data.width, seed=seed, crf=0,  # lossless: reproducible
+                                  **layout)
   done = os.path.join(root, ".complete")
   if not os.path.exists(done):  # train and eval may share scenes: generate them once
     logging.info("generating %d synthetic scene(s) for %s under %s", num_scenes, split, root)
