@@ -15,7 +15,10 @@
    writes ``<pair>_{source,render,pred,pred_no_condition,target}_video.mp4`` and a contact sheet
    (those five rows); prints PSNR and SSIM against the true target video of the prediction, the
    same model without camera and render, the render alone, copy-the-source and the codec's own
-   ceiling (the target encoded and decoded).
+   ceiling (the target encoded and decoded). With ``--depth_model`` (a converted Depth Anything 3
+   folder) it also prints camera accuracy: RotErr, TransErr and CamMC of the camera path DA3
+   finds in the prediction, the prediction without camera/render and the true target (the
+   estimator's own error) against the requested target path (``postcam_jax.evaluation``).
 """
 
 import dataclasses
@@ -37,7 +40,8 @@ from tqdm import tqdm
 from postcam_jax import training
 from postcam_jax.convert import postcam as postcam_convert
 from postcam_jax.data import arrayrecord, multicam, pairs, synthetic
-from postcam_jax.evaluation import fidelity
+from postcam_jax.evaluation import camera as camera_lib
+from postcam_jax.evaluation import fidelity, poses, report
 from postcam_jax.inference import cli as sample_cli
 from postcam_jax.inference import sampling
 from postcam_jax.io import model_dir, video
@@ -51,6 +55,9 @@ flags.DEFINE_string("workdir", "demo_out", "where everything is written")
 flags.DEFINE_integer("sample_steps", 25, "Euler steps of the sampler")
 flags.DEFINE_integer("num_pairs", 4, "held-out pairs to sample and score")
 flags.DEFINE_integer("backbone_steps", 3000, "steps of the stand-in backbone's pretraining")
+flags.DEFINE_string("depth_model", "", "a converted Depth Anything 3 folder (tools/convert_weights.py "
+                    "da3): also print the camera accuracy of each video's DA3 path; empty: skip")
+flags.DEFINE_integer("process_res", 504, "the longest side Depth Anything 3 sees (the release's)")
 config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "demo.py"),
                                 "the demo's training config", lock_config=True)
 
@@ -82,7 +89,8 @@ def held_out_pairs(config, workdir, codec, num_pairs):
         "source_latent": codec.encode(f["source_video"]),
         "render_latent": codec.encode(rendered),
         "target_latent": codec.encode(f["target_video"]),
-        "context": text(pixel["caption"]), "camera": np.asarray(pixel["camera"], np.float32)})
+        "context": text(pixel["caption"]), "camera": np.asarray(pixel["camera"], np.float32),
+        "target_w2c": np.asarray(pixel["target_w2c"], np.float64)})
   return out
 
 
@@ -110,6 +118,37 @@ def results_table(rows, mean):
   for r in rows + [dict(mean, pair="mean")]:
     lines.append(f"  {r['pair']:<24}" + "".join(
         f"{r[k + '_psnr']:>12.2f} / {r[k + '_ssim']:.3f}" for k, _ in SCORED))
+  return lines
+
+
+CAMERA_VIDEOS = (("pred", "prediction"), ("no_condition", "no camera/render"),
+                 ("target", "true target"))
+
+
+def camera_rows(examples, predictions, blind_predictions, estimator):
+  """Camera accuracy per pair: RotErr, TransErr, CamMC (``evaluation.camera``) of the path
+  ``estimator`` (``poses.PoseEstimator``) finds in the prediction, the prediction without
+  camera/render and the true target, against the pair's requested target path."""
+  rows = []
+  for ex, pred, blind in zip(examples, predictions, blind_predictions):
+    row = {"pair": ex["name"]}
+    for key, frames in (("pred", pred), ("no_condition", blind), ("target", ex["target"])):
+      clip = report.Clip(ex["name"], camera_lib.trajectory_kind(ex["target_w2c"]),
+                         pred=poses.to_uint8(frames), requested_w2c=ex["target_w2c"])
+      scored = report.score(clip, estimator)
+      row.update({f"{key}_{m}": scored.row[f"pred_{m}"] for m in report.CAMERA})
+    rows.append(row)
+  return rows
+
+
+def camera_table(rows, mean):
+  """Lines of the camera table: RotErr (rad) / TransErr / CamMC per video, per pair and mean."""
+  lines = [f"  {'pair':<24}" + "".join(f"{h:>26}" for _, h in CAMERA_VIDEOS),
+           f"  {'':<24}" + "".join(f"{'RotErr / TransErr / CamMC':>26}" for _ in CAMERA_VIDEOS)]
+  for r in rows + [dict(mean, pair="mean")]:
+    lines.append(f"  {r['pair']:<24}" + "".join(
+        f"{r[k + '_rot_err']:>10.3f} / {r[k + '_trans_err']:.3f} / {r[k + '_cam_mc']:.3f}"
+        for k, _ in CAMERA_VIDEOS))
   return lines
 
 
@@ -164,6 +203,13 @@ def main(argv):
   del argv
 
   config = FLAGS.config
+  estimator = None
+  if FLAGS.depth_model:  # checked before any work: a wrong folder fails in one line, at once
+    try:
+      estimator = poses.PoseEstimator.load(FLAGS.depth_model, process_res=FLAGS.process_res)
+    except (model_dir.ModelDirError, ValueError) as e:
+      print(f"error: --depth_model {FLAGS.depth_model}: {e}", file=sys.stderr)
+      return 2
   workdir = os.path.abspath(FLAGS.workdir)
   os.makedirs(workdir, exist_ok=True)
   with config.unlocked():
@@ -185,7 +231,7 @@ def main(argv):
   examples = held_out_pairs(config, workdir, codec, FLAGS.num_pairs)
   out_dir = os.path.join(workdir, "samples")
   os.makedirs(out_dir, exist_ok=True)
-  rows = []
+  rows, predictions, blind_predictions = [], [], []
   for i, ex in enumerate(examples):
     batch = lambda a: jnp.asarray(a, jnp.float32)[None]
     noise = sampling.make_noise(i, (1,) + ex["target_latent"].shape)
@@ -213,6 +259,8 @@ def main(argv):
     Image.fromarray(sheet).save(os.path.join(out_dir, f"{ex['name']}_contact_sheet.png"))
     rows.append(score_pair(ex["name"], target=ex["target"], pred=pred, no_condition=blind,
                            render=ex["render"], copy_source=ex["source"], codec_ceiling=ceiling))
+    predictions.append(pred)
+    blind_predictions.append(blind)
 
   print(f"[4/4] results against the true target video (files in {out_dir}; contact sheets: "
         f"source, render, prediction, prediction without camera/render, target)")
@@ -228,9 +276,20 @@ def main(argv):
         + (f". Final train loss {result.metrics['train/loss']:.4f}" if "train/loss" in
            result.metrics else ". Training was already complete in the workdir")
         + f"; training {t_train:.0f} s, total {time.time() - t0:.0f} s.")
+  results = {"pairs": rows, "mean": mean, "condition_effect_db": effect,
+             "train_seconds": t_train, "total_seconds": time.time() - t0}
+  if estimator is None:
+    print("Camera accuracy: not measured (give --depth_model, a converted Depth Anything 3 "
+          "folder, to print RotErr / TransErr / CamMC of each video's estimated path).")
+  else:
+    cam_rows = camera_rows(examples, predictions, blind_predictions, estimator)
+    cam_mean = {k: float(np.mean([r[k] for r in cam_rows])) for k in cam_rows[0] if k != "pair"}
+    print("Camera accuracy against the requested target path (Depth Anything 3 poses of each "
+          f"video, {FLAGS.depth_model}):")
+    print("\n".join(camera_table(cam_rows, cam_mean)))
+    results.update(camera_pairs=cam_rows, camera_mean=cam_mean)
   with open(os.path.join(workdir, "demo_results.json"), "w") as f:
-    json.dump({"pairs": rows, "mean": mean, "condition_effect_db": effect,
-               "train_seconds": t_train, "total_seconds": time.time() - t0}, f, indent=1)
+    json.dump(results, f, indent=1)
   return 0 if mean["pred_psnr"] > mean["copy_source_psnr"] else 1
 
 

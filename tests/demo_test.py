@@ -68,3 +68,64 @@ def test_camera_layout_of_the_config_reaches_the_generated_scenes(tmp_path):
       seed=0, camera_spread_deg=30.0, camera_distance_m=7.0, **size), 0)
   for cam in ("cam01", "cam02"):
     np.testing.assert_allclose(scene.c2w[cam], spec.dataset_c2w(cam), atol=1e-9)
+
+
+class _PathOf:
+  """A stand-in pose estimator: the requested path for the true target video, the camera held
+  still for anything else (so only the prediction rows are wrong)."""
+
+  def __init__(self, target, w2c):
+    self.target, self.w2c = target, w2c
+
+  def indices(self, num_frames):
+    return np.arange(num_frames)
+
+  def __call__(self, video):
+    if np.array_equal(video, demo.poses.to_uint8(self.target)):
+      return self.w2c
+    return np.tile(np.eye(4), (len(video), 1, 1))
+
+
+def test_camera_accuracy_rows_and_table():
+  c2w = synthetic.make_trajectory("arc", np.random.default_rng(0), 9, np.array([0.0, 0.0, 1.0]))
+  w2c = np.linalg.inv(c2w)
+  rng = np.random.default_rng(1)
+  target = rng.uniform(-1, 1, (9, 16, 24, 3)).astype(np.float32)
+  examples = [{"name": "p0", "target": target, "target_w2c": w2c}]
+  guess = [rng.uniform(-1, 1, target.shape).astype(np.float32)]
+  rows = demo.camera_rows(examples, guess, guess, _PathOf(target, w2c))
+  (row,) = rows
+  assert row["target_rot_err"] < 1e-6 and row["target_trans_err"] < 1e-6
+  assert row["pred_rot_err"] > 0.05 and row["pred_trans_err"] > 0.1  # an arc read as held still
+  assert row["no_condition_cam_mc"] == row["pred_cam_mc"]
+  mean = {k: v for k, v in row.items() if k != "pair"}
+  lines = demo.camera_table(rows, mean)
+  assert len(lines) == 2 + 1 + 1 and "RotErr / TransErr / CamMC" in lines[1]
+  assert all(h in lines[0] for _, h in demo.CAMERA_VIDEOS)
+
+
+def test_wrong_depth_model_fails_at_once_in_one_line(tmp_path):
+  import subprocess
+  import sys
+  workdir = tmp_path / "out"
+  done = subprocess.run([sys.executable, "-m", "postcam_jax.demo", "--workdir", str(workdir),
+                         "--depth_model", str(tmp_path / "missing")], capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 2
+  errors = [l for l in done.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "--depth_model" in errors[0], done.stderr[-2000:]
+  assert not workdir.exists()  # nothing started
+
+
+def test_camera_accuracy_with_a_depth_anything_model(tmp_path):
+  from tests.evaluate_cli_test import save_tiny_da3
+  estimator = demo.poses.PoseEstimator.load(str(save_tiny_da3(tmp_path / "da3")), process_res=28)
+  c2w = synthetic.make_trajectory("pan", np.random.default_rng(0), 5, np.array([0.0, 0.0, 1.0]))
+  rng = np.random.default_rng(2)
+  target = rng.uniform(-1, 1, (5, 16, 24, 3)).astype(np.float32)
+  examples = [{"name": "p0", "target": target, "target_w2c": np.linalg.inv(c2w)}]
+  (row,) = demo.camera_rows(examples, [target[::-1]], [target], estimator)
+  assert set(row) == {"pair"} | {f"{v}_{m}" for v, _ in demo.CAMERA_VIDEOS
+                                 for m in ("rot_err", "trans_err", "cam_mc")}
+  assert all(np.isfinite(v) for k, v in row.items() if k != "pair")
+  assert row["no_condition_rot_err"] == row["target_rot_err"]  # the same video, the same path
