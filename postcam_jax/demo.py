@@ -55,8 +55,9 @@ flags.DEFINE_string("workdir", "demo_out", "where everything is written")
 flags.DEFINE_integer("sample_steps", 25, "Euler steps of the sampler")
 flags.DEFINE_integer("num_pairs", 4, "held-out pairs to sample and score")
 flags.DEFINE_integer("backbone_steps", 3000, "steps of the stand-in backbone's pretraining")
-flags.DEFINE_string("depth_model", "", "a converted Depth Anything 3 folder (tools/convert_weights.py "
-                    "da3): also print the camera accuracy of each video's DA3 path; empty: skip")
+flags.DEFINE_string("depth_model", "", "a converted Depth Anything 3 folder (tools/"
+                    "convert_weights.py da3): also print the camera accuracy of each video's "
+                    "DA3 path; empty: skip")
 flags.DEFINE_integer("process_res", 504, "the longest side Depth Anything 3 sees (the release's)")
 config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "demo.py"),
                                 "the demo's training config", lock_config=True)

@@ -1,5 +1,9 @@
-"""The demo's held-out pairs (render at the config's scale, shown at video size) and its scored
-table (model, model without camera/render, render, copy-source, codec ceiling; PSNR and SSIM)."""
+"""The demo's held-out pairs (render at the config's scale, shown at video size, cameras placed by
+the config's layout), its scored table (model, model without camera/render, render, copy-source,
+codec ceiling; PSNR and SSIM) and its camera-accuracy table (``--depth_model``)."""
+
+import json
+import os
 
 import numpy as np
 import pytest
@@ -67,6 +71,9 @@ def test_camera_layout_of_the_config_reaches_the_generated_scenes(tmp_path):
   scene = multicam.scan_dataset(str(root), "train").scenes[0]
   spec = synthetic.build_scene(synthetic.GeneratorConfig(
       seed=0, camera_spread_deg=30.0, camera_distance_m=7.0, **size), 0)
+  with open(os.path.join(scene.path, synthetic.SCENE_MARKER)) as f:
+    described = json.load(f)
+  assert (described["camera_spread_deg"], described["camera_distance_m"]) == (30.0, 7.0)
   for cam in ("cam01", "cam02"):
     # through the file's text (centimetres, Unreal axes) and back: float64 rounding only
     assert np.abs(scene.c2w[cam] - spec.dataset_c2w(cam)).max() < 1e-9

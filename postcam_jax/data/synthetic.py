@@ -5,8 +5,9 @@ with a flat magenta sphere for a head, the *marker*) that walks, and several tex
 boxes that move, bounce and spin. 10 cameras (by default) film it on the dataset's kinds of
 trajectories (static, pan, tilt, arc, translation, smoothed polyline; constant or eased speed),
 from 3, 5, 7 or 10 m, starting anywhere around the figure (``camera_distance_m`` and
-``camera_spread_deg`` place them closer together, for views that overlap). Every camera's video is the ray-cast, z-buffered image of the same scene at
-the same instants through its intrinsics and extrinsics. Written per scene::
+``camera_spread_deg`` place them closer together, for views that overlap). Every camera's video
+is the ray-cast, z-buffered image of the same scene at the same instants through its intrinsics
+and extrinsics. Written per scene::
 
   <root>/<split>/<group>/sceneK/videos/camXX.mp4           H.264, ``fps``
   <root>/<split>/<group>/sceneK/cameras/camera_extrinsics.json   the dataset's own schema
@@ -414,6 +415,8 @@ def _write_scene(config: GeneratorConfig, index: int, spec, scene_dir: str):
                  "height": config.height, "width": config.width, "fps": config.fps,
                  "num_frames": config.num_frames, "intrinsics": spec.intrinsics.tolist(),
                  "trajectories": spec.kinds, "caption": described,
+                 "camera_spread_deg": config.camera_spread_deg,
+                 "camera_distance_m": config.camera_distance_m,
                  "marker": {"rgb": list(MARKER_RGB), "radius_m": MARKER_RADIUS_M,
                             "centre_m": marker}}
   with open(os.path.join(scene_dir, SCENE_MARKER), "w") as f:

@@ -140,9 +140,8 @@ def camera_layout(data) -> dict:
   """The generator's camera placement knobs set in ``data`` (``camera_spread_deg``,
   ``camera_distance_m`` of ``synthetic.GeneratorConfig``) that differ from the dataset's way
   (all around, 3/5/7/10 m): ``{}`` for the default layout."""
-  defaults = {"camera_spread_deg": 360.0, "camera_distance_m": 0.0}
-  return {k: float(data[k]) for k, v in defaults.items()
-          if k in data and float(data[k]) != v}
+  return {k: float(data[k]) for k in ("camera_spread_deg", "camera_distance_m")
+          if k in data and float(data[k]) != getattr(synthetic.GeneratorConfig, k)}
 
 
 def _cache_path(data, split: str, camera: str = "rt") -> str:
