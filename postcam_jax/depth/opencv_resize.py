@@ -221,8 +221,8 @@ def _cubic_taps(src: int, dst: int):
 def _keys_weights(src: int, dst: int):
   """(first tap index [dst], float32 weights [dst, 4]): Keys' cubic (A = -0.75) at the exact
   (float64) source position of each output, not quantised. Not :func:`_cubic_coeffs`: that is
-  OpenCV's own (float32 positions, the fourth weight as 1 minus the others), which matches IPP on
-  fewer values (tests/da3_preprocess_test.py)."""
+  OpenCV's own (float32 positions, the fourth weight as 1 minus the others), one of the "other
+  cubic formulas" the module docstring found no closer to IPP."""
   pos = (np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5
   first = np.floor(pos)
   x = pos - first
