@@ -42,6 +42,7 @@ def test_scores_and_table():
   videos = {"pred": target + 0.05 * rng.normal(size=target.shape),
             "no_condition": target + 0.5 * rng.normal(size=target.shape),
             "render": np.full_like(target, -1.0), "copy_source": target[::-1],
+            "mean_image": np.zeros_like(target),
             "codec_ceiling": target + 0.01 * rng.normal(size=target.shape)}
   rows = [demo.score_pair(f"p{i}", target=target, **videos) for i in range(2)]
   mean = demo.mean_scores(rows)
@@ -52,7 +53,15 @@ def test_scores_and_table():
   assert len(lines) == 2 + len(rows) + 1
   assert all(h in lines[0] for h in ("prediction", "no camera/render", "render", "copy source"))
   assert lines[-1].split()[0] == "mean"
-  assert f"{mean['pred_psnr']:.2f} / {mean['pred_ssim']:.3f}" in lines[-1]
+  assert f"{mean['pred_psnr']:.2f} / {mean['pred_ssim']:>6.3f}" in lines[-1]
+  assert len({len(line) for line in lines}) == 1  # columns stay aligned, negative SSIM included
+  assert "mean image" in lines[0]
+  line = demo.mean_image_line(mean)
+  gain = mean["pred_psnr"] - mean["mean_image_psnr"]
+  assert gain > 0 and f"PSNR {gain:+.2f} dB" in line and "no better" not in line
+  worse = dict(mean, pred_psnr=mean["mean_image_psnr"] - 0.15)
+  assert "PSNR -0.15 dB" in demo.mean_image_line(worse)
+  assert "no better than that flat guess" in demo.mean_image_line(worse)
 
 
 def test_camera_layout_of_the_config_reaches_the_generated_scenes(tmp_path):
