@@ -15,10 +15,11 @@
    writes ``<pair>_{source,render,pred,pred_no_condition,target}_video.mp4`` and a contact sheet
    (those five rows); prints PSNR and SSIM against the true target video of the prediction, the
    same model without camera and render, the render alone, copy-the-source, the mean image (the
-   codec's mean block everywhere) and the codec's own ceiling (the target encoded and decoded). With ``--depth_model`` (a converted Depth Anything 3
-   folder) it also prints camera accuracy: RotErr, TransErr and CamMC of the camera path DA3
-   finds in the prediction, the prediction without camera/render and the true target (the
-   estimator's own error) against the requested target path (``postcam_jax.evaluation``).
+   codec's mean block everywhere) and the codec's own ceiling (the target encoded and decoded).
+   With ``--depth_model`` (a converted Depth Anything 3 folder) it also prints camera accuracy:
+   RotErr, TransErr and CamMC of the camera path DA3 finds in the prediction, the prediction
+   without camera/render and the true target (the estimator's own error) against the requested
+   target path (``postcam_jax.evaluation``).
 """
 
 import dataclasses
