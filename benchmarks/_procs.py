@@ -6,12 +6,31 @@ match and each side's peak memory is its own: the parent starts ``python script 
 JSON line (:func:`emit`).
 """
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 
 RESULT = "RESULT "
+
+
+def side_arguments(description: str, latent_default: str, latent_help: str):
+  """The argument parser both sides of a JAX/PyTorch comparison share: the model, its size and
+  the thread count (each side adds its own flags)."""
+  p = argparse.ArgumentParser(description=description)
+  p.add_argument("--model", choices=("postcam", "dit"), required=True)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--threads", type=int, default=0)
+  p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--dim", type=int, default=512)
+  p.add_argument("--heads", type=int, default=8)
+  p.add_argument("--ffn", type=int, default=1536)
+  p.add_argument("--layers", type=int, default=8)
+  p.add_argument("--text-dim", type=int, default=512)
+  p.add_argument("--latent", default=latent_default, help=latent_help)
+  p.add_argument("--seed", type=int, default=0)
+  return p
 
 
 def pin(threads: int) -> int:

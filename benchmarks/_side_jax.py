@@ -9,7 +9,6 @@ torch side saved (``diffusers/``) and times the DiT on the same inputs. Writes `
 resident memory of the process and during the timed forwards).
 """
 
-import argparse
 import os
 import sys
 import time
@@ -21,20 +20,10 @@ from benchmarks import _procs  # noqa: E402
 
 
 def parse(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--model", choices=("postcam", "dit"), required=True)
-  p.add_argument("--workdir", required=True)
-  p.add_argument("--threads", type=int, default=0)
-  p.add_argument("--repeats", type=int, default=2)
-  p.add_argument("--dim", type=int, default=512)
-  p.add_argument("--heads", type=int, default=8)
-  p.add_argument("--ffn", type=int, default=1536)
-  p.add_argument("--layers", type=int, default=8)
-  p.add_argument("--text-dim", type=int, default=512)
-  p.add_argument("--latent", default="11,16,24", help="F,H,W of the (target) latent")
+  p = _procs.side_arguments(__doc__.split("\n\n")[0], "11,16,24",
+                            "F,H,W of the (target) latent")
   p.add_argument("--precision", default="float32")
   p.add_argument("--attention", default="sequence")
-  p.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
 
 
