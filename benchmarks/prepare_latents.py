@@ -41,7 +41,6 @@ ARGS = _parse()
 if ARGS.devices:
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ARGS.devices}"
 
-import numpy as np  # noqa: E402
 import sentencepiece  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -53,18 +52,6 @@ from postcam_jax.models.t5 import UMT5Config, UMT5Encoder  # noqa: E402
 from postcam_jax.models.vae import WanVAE, WanVAEConfig  # noqa: E402
 
 
-def random_params(factory, seed=0):
-  rng = np.random.default_rng(seed)
-  out = {}
-  for key, leaf in model_dir.abstract_params(factory).items():
-    if len(leaf.shape) >= 2:
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      out[key] = (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-    else:
-      out[key] = np.full(leaf.shape, 0.0 if key.endswith("bias") else 1.0, np.float32)
-  return out
-
-
 def make_assets(workdir: str, vae_size: str):
   root = os.path.join(workdir, "multicam")
   vae_dir = os.path.join(workdir, f"vae_{vae_size}")
@@ -72,11 +59,11 @@ def make_assets(workdir: str, vae_size: str):
   if not os.path.isdir(vae_dir):
     cfg = WanVAEConfig.full() if vae_size == "full" else WanVAEConfig.tiny()
     model_dir.save_model(vae_dir, kind=VAE_KIND, config=cfg.to_dict(),
-                         params=random_params(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))))
+                         params=model_dir.random_params(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))))
   if not os.path.isdir(t5_dir):
     cfg = UMT5Config.tiny()
     model_dir.save_model(t5_dir, kind=t5_convert.KIND, config=cfg.to_dict(),
-                         params=random_params(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0))))
+                         params=model_dir.random_params(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0))))
     spm = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(["a person walks past coloured balls on a tiled floor"] * 20),

@@ -42,14 +42,8 @@ def tiny_vae(seed=0):
   """The tiny Wan-VAE with numpy-drawn weights (kernels N(0, 1/fan_in), biases 0, scales 1)."""
   cfg = WanVAEConfig.tiny()
   abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
-  rng = np.random.default_rng(seed)
-  flat = {}
-  for key, leaf in model_dir.abstract_params(lambda: WanVAE(cfg, rngs=nnx.Rngs(0))).items():
-    if len(leaf.shape) >= 2:
-      flat[key] = jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1])),
-                              jnp.float32)
-    else:
-      flat[key] = jnp.full(leaf.shape, 0.0 if key.endswith("bias") else 1.0, jnp.float32)
+  flat = {k: jnp.asarray(v) for k, v in
+          model_dir.random_params(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)), seed).items()}
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
   nnx.replace_by_pure_dict(params, model_dir.unflatten(flat))
   return nnx.merge(graphdef, params, rest)

@@ -54,28 +54,15 @@ CAPTIONS = {"cam01": "a red ball rolls", "cam02": "a red ball rolls", "cam03": "
 TEXT_LEN = 16  # the tiny umT5's and the tiny PostCam's
 
 
-def random_params(module_factory, seed=0):
-  """Kernels N(0, 1/fan_in), biases 0, scales 1, drawn in numpy from the abstract shapes."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for key, leaf in model_dir.abstract_params(module_factory).items():
-    if len(leaf.shape) >= 2:
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      out[key] = (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-    else:
-      out[key] = np.full(leaf.shape, 0.0 if key.endswith("bias") else 1.0, np.float32)
-  return out
-
-
 def save_models(base):
   """A tiny random Wan-VAE, a tiny random umT5 with a word-level SentencePiece vocabulary of the
   captions (EOS 1, pad 0, as umT5's), and a tiny random Depth Anything 3."""
   vae = WanVAEConfig.tiny()
   model_dir.save_model(base / "vae", kind=VAE_KIND, config=vae.to_dict(),
-                       params=random_params(lambda: WanVAE(vae, rngs=nnx.Rngs(0))))
+                       params=model_dir.random_params(lambda: WanVAE(vae, rngs=nnx.Rngs(0))))
   t5 = UMT5Config.tiny()
   model_dir.save_model(base / "t5", kind=t5_convert.KIND, config=t5.to_dict(),
-                       params=random_params(lambda: UMT5Encoder(t5, rngs=nnx.Rngs(0))))
+                       params=model_dir.random_params(lambda: UMT5Encoder(t5, rngs=nnx.Rngs(0))))
   spm = io.BytesIO()
   sentencepiece.SentencePieceTrainer.train(
       sentence_iterator=iter(list(CAPTIONS.values()) * 10), model_writer=spm, vocab_size=12,
@@ -89,7 +76,7 @@ def save_models(base):
       head=HeadConfig(features=16, out_channels=(8, 16, 16, 32)), cam_enc_heads=2,
       cam_enc_depth=1))
   model_dir.save_model(base / "da3", kind=model_dir.DA3_KIND, config=da3.to_dict(),
-                       params=random_params(lambda: DA3Model(da3, rngs=nnx.Rngs(0))))
+                       params=model_dir.random_params(lambda: DA3Model(da3, rngs=nnx.Rngs(0))))
 
 
 def write_captions(root, split):

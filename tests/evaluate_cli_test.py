@@ -25,7 +25,7 @@ from postcam_jax.models.da3 import DA3Config, DA3Model
 from postcam_jax.models.da3.config import BackboneConfig, HeadConfig, NetConfig
 from postcam_jax.models.postcam import PostCamConfig, PostCamModel
 from postcam_jax.training import data as train_data
-from tests.sample_cli_test import random_params, save_tiny_vae
+from tests.sample_cli_test import save_tiny_vae
 
 HW, FRAMES = (64, 96), 9
 PROCESS_RES, POSE_FRAMES = 56, 5  # DA3 sees 56x42 (4x3 patches), poses on 5 of the 9 frames
@@ -39,14 +39,14 @@ def save_tiny_da3(directory):
                               alt_start=2, qknorm_start=2, rope_start=2),
       head=HeadConfig(features=16, out_channels=(8, 16, 32, 32)), cam_enc_heads=2,
       cam_enc_depth=1))
-  params = random_params(lambda: DA3Model(cfg, rngs=nnx.Rngs(0)), seed=7)
+  params = model_dir.random_params(lambda: DA3Model(cfg, rngs=nnx.Rngs(0)), seed=7)
   model_dir.save_model(directory, kind=model_dir.DA3_KIND, config=cfg.to_dict(), params=params)
   return directory
 
 
 def save_tiny_postcam(directory):
   cfg = PostCamConfig.tiny()
-  params = random_params(lambda: PostCamModel(cfg, rngs=nnx.Rngs(0)), seed=3)
+  params = model_dir.random_params(lambda: PostCamModel(cfg, rngs=nnx.Rngs(0)), seed=3)
   model_dir.save_model(directory, kind=model_dir.POSTCAM_KIND,
                        config={k: arch_value(cfg, k) for k in ARCH_FIELDS}, params=params)
   return directory

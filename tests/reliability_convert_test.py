@@ -165,3 +165,18 @@ def test_a_killed_conversions_staging_is_cleaned_by_the_next(release, tmp_path, 
   assert code == 0, err
   assert f"note: removed {stale}, left by an interrupted run (pid {proc.pid})" in err
   assert os.listdir(tmp_path) == ["model"]
+
+
+def test_random_params_fill_every_parameter_with_the_documented_statistics():
+  abstract = model_dir.abstract_params(lambda: PostCamModel(CFG, rngs=nnx.Rngs(0)))
+  params = model_dir.random_params(lambda: PostCamModel(CFG, rngs=nnx.Rngs(0)), seed=4)
+  assert params.keys() == abstract.keys()
+  for key, leaf in abstract.items():
+    value = params[key]
+    assert value.shape == leaf.shape and value.dtype == np.float32, key
+    if value.ndim == 1:  # vectors: biases 0, scales 1
+      assert np.all(value == (0.0 if key.endswith("bias") else 1.0)), key
+  kernel = max((v for v in params.values() if v.ndim == 2), key=lambda v: v.size)
+  assert abs(kernel.std() * np.sqrt(kernel.shape[0]) - 1.0) < 0.05  # N(0, 1 / fan_in)
+  again = model_dir.random_params(lambda: PostCamModel(CFG, rngs=nnx.Rngs(0)), seed=4)
+  assert all(np.array_equal(params[k], again[k]) for k in params)  # the seed decides

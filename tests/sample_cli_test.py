@@ -65,23 +65,9 @@ def write_release_depth(folder, num_frames=CLIP_FRAMES, hw=(480, 832)):
   return folder
 
 
-def random_params(module_factory, seed=0):
-  """Random weights drawn in numpy from the module's abstract shapes (eager NNX init of the many
-  small VAE convolutions is slow on CPU): kernels N(0, 1/fan_in), biases 0, norm scales 1."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for key, leaf in model_dir.abstract_params(module_factory).items():
-    if len(leaf.shape) >= 2:
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      out[key] = (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-    else:
-      out[key] = np.full(leaf.shape, 0.0 if key.endswith("bias") else 1.0, np.float32)
-  return out
-
-
 def save_tiny_vae(directory):
   cfg = WanVAEConfig.tiny()
-  params = random_params(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
+  params = model_dir.random_params(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
   model_dir.save_model(directory, kind=VAE_KIND, config=cfg.to_dict(), params=params)
 
 
@@ -89,7 +75,7 @@ def save_tiny_text_encoder(directory):
   """The tiny umT5 (width 32 = the fixture's text_dim) with a SentencePiece vocabulary trained
   here on a few captions (EOS 1, pad 0, as umT5's)."""
   cfg = UMT5Config.tiny()
-  params = random_params(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0), dtype=np.float32,
+  params = model_dir.random_params(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0), dtype=np.float32,
                                              param_dtype=np.float32))
   model_dir.save_model(directory, kind=t5_convert.KIND, config=cfg.to_dict(), params=params)
   corpus = ["a girl holding a magic wand in front of a glowing star",

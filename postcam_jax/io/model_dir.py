@@ -73,6 +73,21 @@ def abstract_params(module_factory: Callable[[], nnx.Module]) -> dict[str, jax.S
   return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flatten(nnx.to_pure_dict(state)).items()}
 
 
+def random_params(module_factory: Callable[[], nnx.Module], seed: int = 0) -> dict[str, np.ndarray]:
+  """Flat key -> random float32 weights of a module, drawn in numpy from its abstract shapes
+  (tests, benchmarks and stand-ins; eager NNX init of many small convolutions is slow on CPU):
+  kernels N(0, 1/fan_in) over all but the last axis, biases 0, other vectors (norm scales) 1."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for key, leaf in abstract_params(module_factory).items():
+    if len(leaf.shape) >= 2:
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      out[key] = (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+    else:
+      out[key] = np.full(leaf.shape, 0.0 if key.endswith("bias") else 1.0, np.float32)
+  return out
+
+
 def check_output_dir(output, overwrite: bool = False, inputs=()) -> str:
   """The checks of a model directory output, to run before any conversion work: see
   ``core.atomic.check_output`` (a folder replaced only with ``overwrite``, only if it holds
