@@ -41,6 +41,7 @@ from tqdm import tqdm
 from postcam_jax import training
 from postcam_jax.convert import postcam as postcam_convert
 from postcam_jax.data import arrayrecord, multicam, pairs, synthetic
+from postcam_jax.data import codec as codec_lib
 from postcam_jax.evaluation import camera as camera_lib
 from postcam_jax.evaluation import fidelity, poses, report
 from postcam_jax.inference import cli as sample_cli
@@ -83,11 +84,12 @@ def held_out_pairs(config, workdir, codec, num_pairs):
     pixel = arrayrecord.make_pixel_example(scenes[pair.scene], pair, pc)
     f = {k: pixel[k].astype(np.float32) / 127.5 - 1.0 for k in ("source_video", "target_video")}
     scale = train_data.render_scale(data)
-    rendered = np.asarray(train_data.release_render(dict(pixel, **f), scale=scale))
+    rendered, holes = train_data.release_render(dict(pixel, **f), scale=scale, with_holes=True)
     out.append({
         "name": f"{pair.scene}_{pair.source}_to_{pair.target}", "source": f["source_video"],
         "target": f["target_video"],
         "render": np.repeat(np.repeat(rendered, scale, axis=1), scale, axis=2),  # at video size
+        "holes": holes,
         "source_latent": codec.encode(f["source_video"]),
         "render_latent": codec.encode(rendered),
         "target_latent": codec.encode(f["target_video"]),
@@ -137,6 +139,45 @@ def mean_image_line(mean):
           + ("; the samples' PSNR is no better than that flat guess: at this budget they carry "
              "the render's colours in place, not a recognisable scene (docs/experiments.md)."
              if d_psnr <= 0 else "."))
+
+
+# The cell-by-cell view (docs/experiments.md, "Where the samples lose"): errors pooled over the
+# latent cells the warp covers in every pixel, where the render can be copied, and over the rest.
+CELL_VIDEOS = ("pred", "no_condition", "mean_image", "codec_ceiling")
+
+
+def cell_errors(holes, target, videos):
+  """Per latent cell of the codec's geometry (4 frames x 8 x 8 pixels, frame 0 alone as the
+  Wan-VAE has it): whether the warp covers it whole (``holes`` [T, H, W] all False there) and the
+  mean squared error against ``target`` of each video of ``videos`` (videos in [-1, 1])."""
+  filled = np.repeat(~np.asarray(holes, bool)[..., None], 3, axis=-1).astype(np.float32)
+  cells = {"covered": codec_lib.video_blocks(filled).min(axis=-1) > 0}
+  for key, frames in videos.items():
+    cells[key] = codec_lib.video_blocks((np.asarray(frames) - target) ** 2).mean(axis=-1)
+  return cells
+
+
+def cell_summary(cells):
+  """Errors of ``cell_errors`` pooled over every pair's covered cells and over the rest (every
+  cell holds as many pixels, so these are pixel MSEs), and the fraction of cells covered."""
+  covered = np.concatenate([c["covered"].ravel() for c in cells])
+  out = {"covered_fraction": float(covered.mean())}
+  for key in CELL_VIDEOS:
+    err = np.concatenate([c[key].ravel() for c in cells])
+    for part, mask in (("covered", covered), ("rest", ~covered)):
+      out[f"{key}_{part}"] = float(err[mask].mean()) if mask.any() else float("nan")
+  return out
+
+
+def cell_line(summary):
+  """The printed line of :func:`cell_summary`."""
+  s = summary
+  return (f"Cell by cell (pixel MSE over latent cells of 4 frames x 8 x 8): where the warp covers "
+          f"a cell whole ({100 * s['covered_fraction']:.0f} % of cells) the prediction "
+          f"{s['pred_covered']:.3f}, without camera/render {s['no_condition_covered']:.3f}, codec "
+          f"ceiling {s['codec_ceiling_covered']:.3f}; in the other cells the prediction "
+          f"{s['pred_rest']:.3f}, the mean image {s['mean_image_rest']:.3f}, codec ceiling "
+          f"{s['codec_ceiling_rest']:.3f}.")
 
 
 CAMERA_VIDEOS = (("pred", "prediction"), ("no_condition", "no camera/render"),
@@ -249,7 +290,7 @@ def main(argv):
   examples = held_out_pairs(config, workdir, codec, FLAGS.num_pairs)
   out_dir = os.path.join(workdir, "samples")
   os.makedirs(out_dir, exist_ok=True)
-  rows, predictions, blind_predictions = [], [], []
+  rows, cells, predictions, blind_predictions = [], [], [], []
   for i, ex in enumerate(examples):
     batch = lambda a: jnp.asarray(a, jnp.float32)[None]
     noise = sampling.make_noise(i, (1,) + ex["target_latent"].shape)
@@ -276,6 +317,8 @@ def main(argv):
     sheet = sample_cli.contact_sheet([sample_cli.to_uint8(v) for v in
                                       (ex["source"], ex["render"], pred, blind, ex["target"])])
     Image.fromarray(sheet).save(os.path.join(out_dir, f"{ex['name']}_contact_sheet.png"))
+    cells.append(cell_errors(ex["holes"], ex["target"], {
+        "pred": pred, "no_condition": blind, "mean_image": mean_image, "codec_ceiling": ceiling}))
     rows.append(score_pair(ex["name"], target=ex["target"], pred=pred, no_condition=blind,
                            render=ex["render"], copy_source=ex["source"], mean_image=mean_image,
                            codec_ceiling=ceiling))
@@ -297,7 +340,9 @@ def main(argv):
            result.metrics else ". Training was already complete in the workdir")
         + f"; training {t_train:.0f} s, total {time.time() - t0:.0f} s.")
   print(mean_image_line(mean))
-  results = {"pairs": rows, "mean": mean, "condition_effect_db": effect,
+  cell_mean = cell_summary(cells)
+  print(cell_line(cell_mean))
+  results = {"pairs": rows, "mean": mean, "cells": cell_mean, "condition_effect_db": effect,
              "train_seconds": t_train, "total_seconds": time.time() - t0}
   if estimator is None:
     print("Camera accuracy: not measured (give --depth_model, a converted Depth Anything 3 "

@@ -32,8 +32,37 @@ def test_held_out_render_at_the_config_scale_shown_at_video_size(scale, tmp_path
   assert ex["render"].shape == ex["source"].shape == ex["target"].shape
   valid = (ex["render"] > -0.999).any(-1)
   assert 0.05 < valid.mean() < 1.0  # the warp fills part of the view, holes elsewhere
+  assert ex["holes"].shape == ex["target"].shape[:3] and 0 < ex["holes"].mean() < 0.95
+  if scale == 1:  # the holes are the warp's own: -1 there, as the release fills them
+    assert np.all(ex["render"][ex["holes"]] == -1.0)
   if scale == 4:  # the release's render: 4x4 blocks of one colour once brought to video size
     assert np.array_equal(ex["render"][:, ::4, ::4], ex["render"][:, 3::4, 3::4])
+
+
+def test_cell_errors_pool_the_covered_cells_and_the_rest():
+  target = np.zeros((5, 16, 16, 3), np.float32)  # 2 latent frames x 2 x 2 cells
+  holes = np.ones((5, 16, 16), bool)
+  holes[1:5, 0:8, 8:16] = False  # latent cell (1, 0, 1): covered in every pixel
+  holes[0, 0:8, 0:8] = False
+  holes[0, 3, 3] = True  # cell (0, 0, 0): all but one pixel, so not covered whole
+  pred = np.full_like(target, 0.3)
+  pred[1:5, 0:8, 8:16] = 0.1
+  videos = {"pred": pred, "no_condition": np.full_like(target, 0.5),
+            "mean_image": np.full_like(target, 0.2), "codec_ceiling": np.full_like(target, 0.05)}
+  one = demo.cell_errors(holes, target, videos)
+  assert one["covered"].shape == (2, 2, 2) and one["covered"].sum() == 1 and one["covered"][1, 0, 1]
+  none = demo.cell_errors(np.ones_like(holes), target, videos)
+  summary = demo.cell_summary([one, none])
+  assert abs(summary["covered_fraction"] - 1 / 16) < 1e-12
+  assert abs(summary["pred_covered"] - 0.01) < 1e-7
+  # the rest: 7 + 7 cells at 0.3^2 and, from the second pair, the same cell uncovered at 0.1^2
+  assert abs(summary["pred_rest"] - (14 * 0.09 + 0.01) / 15) < 1e-7
+  assert abs(summary["no_condition_covered"] - 0.25) < 1e-7
+  assert abs(summary["mean_image_rest"] - 0.04) < 1e-7
+  line = demo.cell_line(summary)
+  assert "(6 % of cells) the prediction 0.010, without camera/render 0.250" in line
+  assert "in the other cells the prediction 0.085, the mean image 0.040" in line
+  assert np.isnan(demo.cell_summary([none])["pred_covered"])  # no covered cell: nothing to pool
 
 
 def test_scores_and_table():

@@ -114,21 +114,25 @@ class HashTextEncoder:
 RELEASE_RENDER_SCALE = 4  # the release's render: the warp, then a 4x bilinear downsample
 
 
-def release_render(example: dict, scale: int = RELEASE_RENDER_SCALE) -> np.ndarray:
+def release_render(example: dict, scale: int = RELEASE_RENDER_SCALE, *, with_holes: bool = False):
   """The release's render condition of a pixel example: forward warp, then 4x down.
 
   ``scale`` 1 keeps the warp at the video's size (``data.render_scale``, a from-scratch option:
   its latent has the target's grid, for ``render_rope='aligned'``); 4 is the release's.
+  ``with_holes``: also return the warp's holes [T, H, W] (bool, at the video's size), the pixels
+  no source pixel lands on.
   """
-  frames, _ = render.forward_warp(example["source_video"], example["source_depth"],
-                                  example["source_w2c"], example["target_w2c"],
-                                  example["intrinsics"])
+  frames, holes = render.forward_warp(example["source_video"], example["source_depth"],
+                                      example["source_w2c"], example["target_w2c"],
+                                      example["intrinsics"])
   if scale == 1:
-    return np.asarray(frames)
-  if scale != RELEASE_RENDER_SCALE:
+    out = np.asarray(frames)
+  elif scale == RELEASE_RENDER_SCALE:
+    out = np.asarray(render.downsample4x(frames))
+  else:
     raise ValueError(f"render scale must be {RELEASE_RENDER_SCALE} (the release's) or 1 (full "
                      f"size), got {scale}")
-  return np.asarray(render.downsample4x(frames))
+  return (out, np.asarray(holes)) if with_holes else out
 
 
 def render_scale(data) -> int:
