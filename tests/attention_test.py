@@ -1,5 +1,6 @@
-"""The blocked (online-softmax) attention against XLA's plain attention: forward and q/k/v (and
-bias) gradients to float32 rounding, its memory, and the dispatch that picks it on CPU."""
+"""The blocked (online-softmax) attention and the fused CPU kernel against XLA's plain attention:
+forward and q/k/v (and bias) gradients to float32 rounding, their memory, and the dispatch that
+picks them on CPU."""
 
 import functools
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from postcam_jax.models import attention
-from postcam_jax.models.attention import blocked, local
+from postcam_jax.models.attention import blocked, cpu_flash, local
 
 HIGHEST = jax.lax.Precision.HIGHEST
 NEG = float(np.finfo(np.float32).min)  # T5's padding bias
@@ -105,15 +106,91 @@ def test_blocked_never_materialises_the_scores():
   assert blocked.default_block_q(41, 24) == blocked.MIN_BLOCK_Q
 
 
-def test_auto_runs_blocked_on_cpu_and_it_is_usable_by_name():
+def test_auto_on_cpu_runs_the_fused_kernel_or_the_blocked_one_and_both_by_name(monkeypatch):
   q = jnp.zeros((1, 8, 2, 64), jnp.float32)
-  assert jax.default_backend() == "cpu"
-  assert local.auto_kernel(q) == "blocked" and local.auto_kernel(q, plain=False) == "blocked"
-  assert "blocked" in attention.IMPLEMENTATIONS
+  assert jax.default_backend() == "cpu" and cpu_flash.available()  # this machine builds it
+  assert local.auto_kernel(q) == "cpu_flash"
+  assert local.auto_kernel(q, plain=False, unbiased=True) == "cpu_flash"  # another scale
+  assert local.auto_kernel(q, plain=False) == "blocked"                   # a bias (T5)
+  assert local.auto_kernel(q.astype(jnp.bfloat16)) == "blocked"
+  assert local.auto_kernel(jnp.zeros((1, 8, 2, 5), jnp.float32)) == "blocked"  # odd head_dim
+  mesh = jax.make_mesh((len(jax.devices()),), ("data",))
+  with jax.set_mesh(mesh):  # under a multi-device mesh: the partitionable blocked kernel
+    assert local.auto_kernel(q) == "blocked"
+  monkeypatch.setattr(cpu_flash, "available", lambda: False)  # no compiler: blocked, same result
+  assert local.auto_kernel(q) == "blocked"
+  assert {"blocked", "cpu_flash"} <= set(attention.IMPLEMENTATIONS)
   q, k, v, _ = operands(3, 1, 20, 30, 2, 64)
-  np.testing.assert_array_equal(
-      np.asarray(attention.attention(q, k, v, implementation="blocked")),
-      np.asarray(attention.attention(q, k, v)))
+  auto = np.asarray(attention.attention(q, k, v))  # blocked, as cpu_flash is "unavailable"
+  monkeypatch.undo()
+  np.testing.assert_array_equal(auto, np.asarray(attention.attention(q, k, v,
+                                                                     implementation="blocked")))
+  assert rel(attention.attention(q, k, v), auto) < 2e-6  # auto: cpu_flash
+  with pytest.raises(ValueError, match="takes no bias"):
+    attention.attention(q, k, v, bias=jnp.zeros((20, 30)), implementation="cpu_flash")
+
+
+# (batch, Lq, Lk, heads, head_dim, scale): odd lengths (a last block of queries and of keys
+# part-filled), several key tiles of 128, fewer keys than a register block, both head sizes.
+FLASH_CASES = [
+    ("odd_lengths_d64", 2, 37, 53, 3, 64, None),
+    ("tiles_d128", 1, 300, 517, 2, 128, None),
+    ("three_keys", 1, 5, 3, 1, 64, 0.3),
+    ("d32_two_tiles", 2, 130, 260, 2, 32, None),
+    ("d10_rows_of_6_4_2", 1, 70, 150, 2, 10, None),  # head_dim 10 = 6 + 4; 80 = 6 x 13 + 2
+    ("d80", 1, 40, 129, 1, 80, None),
+]
+
+
+@pytest.mark.parametrize("name,b,lq,lk,h,d,scale", FLASH_CASES)
+def test_cpu_flash_matches_xla_forward_lse_and_gradients(name, b, lq, lk, h, d, scale):
+  q, k, v, w = operands(len(name), b, lq, lk, h, d)
+  ours = functools.partial(cpu_flash.cpu_flash_attention, scale=scale)
+  ref = functools.partial(local.xla_attention, scale=scale, precision=HIGHEST)
+  assert rel(jax.jit(ours)(q, k, v), ref(q, k, v)) < 2e-6, name
+  _, lse = cpu_flash.forward_with_lse(q, k, v, scale or 1 / np.sqrt(d))
+  _, want_lse = blocked.forward_with_lse(q, k, v, scale=scale, precision=HIGHEST)
+  assert np.abs(np.asarray(lse) - np.asarray(want_lse)).max() < 2e-6 * np.abs(want_lse).max()
+  loss = lambda f: lambda *a: jnp.sum(f(*a) * w)  # noqa: E731
+  got = jax.jit(jax.grad(loss(ours), argnums=(0, 1, 2)))(q, k, v)
+  want = jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
+  for which, g, r in zip("qkv", got, want):
+    assert g.shape == r.shape and g.dtype == r.dtype, which
+    assert rel(g, r) < 5e-6, (name, which, rel(g, r))
+
+
+@pytest.mark.parametrize("later", ["much_larger", "much_smaller"])
+def test_cpu_flash_when_later_keys_leave_the_running_max(later):
+  """A tile's exponentials use the earlier tiles' max while no score exceeds it by more than 16;
+  keys past the first tile whose scores jump above it take the two-pass update instead, and
+  keys far below it underflow to 0 as in XLA's softmax."""
+  q, k, v, _ = operands(7, 1, 70, 700, 2, 64)
+  gain = np.ones((1, 700, 1, 1), np.float32)
+  gain[:, 128:] = 30.0 if later == "much_larger" else 1 / 30.0
+  k = k * jnp.asarray(gain) + (40.0 if later == "much_larger" else 0.0) * q[:, :1]
+  got = jax.jit(cpu_flash.cpu_flash_attention)(q, k, v)
+  want = local.xla_attention(q, k, v, precision=HIGHEST)
+  assert np.isfinite(np.asarray(got)).all() and rel(got, want) < 2e-6
+
+
+def test_cpu_flash_never_materialises_the_scores():
+  q = jax.ShapeDtypeStruct((1, 4096, 8, 64), jnp.float32)
+  temp = jax.jit(cpu_flash.cpu_flash_attention).lower(q, q, q).compile().memory_analysis()
+  scores = 8 * 4096 * 4096 * 4
+  assert temp.temp_size_in_bytes < scores / 20  # the heads-first copies of q, k, v and out
+
+
+def test_cpu_flash_build_errors_say_what_failed(monkeypatch, tmp_path):
+  monkeypatch.setenv("POSTCAM_JAX_CACHE", str(tmp_path))
+  monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+  with pytest.raises(RuntimeError, match=r"no C\+\+ compiler .*set \$CXX"):
+    cpu_flash.build()
+  assert not list(tmp_path.rglob("*.partial")) and not list(tmp_path.rglob("*.so"))
+  monkeypatch.setattr(cpu_flash, "build", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+  with pytest.warns(UserWarning, match="not available .boom.; attention on CPU uses the blocked"):
+    assert cpu_flash.available.__wrapped__() is False
+  with pytest.raises(ValueError, match="float32 with an even head_dim"):
+    cpu_flash.cpu_flash_attention(*(jnp.zeros((1, 4, 1, 5), jnp.float32),) * 3)
 
 
 def test_blocks_split_exactly_where_they_can():

@@ -4,7 +4,8 @@ Every attention in the models calls :func:`attention` with [B, L, H, D] tensors 
 ``implementation`` name; the dispatch below is the whole table (nothing registers itself):
 
 - one-device kernels (``local``): ``auto`` (per platform), ``xla``, ``blocked`` (tiles with an
-  online softmax and a recomputing backward: ``blocked.py``, what ``auto`` runs on CPU),
+  online softmax and a recomputing backward: ``blocked.py``), ``cpu_flash`` (the same fused into
+  one C++ kernel, an FFI call: ``cpu_flash.py``; ``auto`` runs one of the two on CPU),
   ``cudnn``, ``splash``, ``splash_interpret`` (the Pallas TPU kernel in interpret mode, for CPU
   tests);
 - sequence-parallel schemes over the mesh's sequence axis (``sequence_parallel``): ``sequence``

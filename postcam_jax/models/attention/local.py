@@ -1,19 +1,21 @@
-"""Attention kernels that run on one device's whole block: XLA, blocked, cuDNN, Pallas splash.
+"""Attention kernels that run on one device's whole block: XLA, blocked, CPU flash, cuDNN, splash.
 
 :func:`local_attention` picks per platform when asked for ``auto``: cuDNN flash attention on GPU
-(bf16/fp16, head_dim <= 128), splash on TPU (bf16), the blocked online-softmax kernel
-(``blocked.py``: never materialises the [H, Lq, Lk] scores) on CPU, XLA's plain attention
-elsewhere (GPU/TPU in float32, biased attention on TPU). The platform is the one of the
-mesh in context when there is one (``jax.set_mesh``), so a CPU host that traces for an abstract
-TPU topology (``postcam_jax.planning``) gets what a TPU run gets; otherwise the default backend.
+(bf16/fp16, head_dim <= 128), splash on TPU (bf16); on CPU the fused kernel (``cpu_flash.py``:
+float32 without a bias, outside a multi-device mesh, when it could be built) or else the blocked
+online-softmax kernel (``blocked.py``); both never materialise the [H, Lq, Lk] scores. XLA's
+plain attention elsewhere (GPU/TPU in float32, biased attention on TPU). The platform is the one
+of the mesh in context when there is one (``jax.set_mesh``), so a CPU host that traces for an
+abstract TPU topology (``postcam_jax.planning``) gets what a TPU run gets; otherwise the default
+backend.
 """
 
 import jax
 import jax.numpy as jnp
 
-from postcam_jax.models.attention import blocked, splash
+from postcam_jax.models.attention import blocked, cpu_flash, splash
 
-KERNELS = ("auto", "xla", "blocked", "cudnn", "splash", "splash_interpret")
+KERNELS = ("auto", "xla", "blocked", "cpu_flash", "cudnn", "splash", "splash_interpret")
 
 
 def default_scale(q) -> float:
@@ -48,16 +50,26 @@ def platform() -> str:
   return "gpu" if name in ("cuda", "rocm") else name
 
 
-def auto_kernel(q, plain: bool = True) -> str:
+def one_device() -> bool:
+  """No mesh in context, or a mesh of one device (an FFI call cannot be partitioned)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return mesh is None or mesh.empty or mesh.size == 1
+
+
+def auto_kernel(q, plain: bool = True, unbiased: bool | None = None) -> str:
   """The kernel ``auto`` runs for queries ``q`` on this platform; ``plain``: no bias and the
-  default scale (what the splash kernel computes)."""
+  default scale (what the splash kernel computes); ``unbiased``: no bias (any scale; default
+  ``plain``), what the CPU flash kernel computes."""
+  unbiased = plain if unbiased is None else unbiased
   where = platform()
   if where == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128:
     return "cudnn"
   if where == "tpu" and q.dtype == jnp.bfloat16 and plain and not splash.in_checked_shard_map(q):
     return "splash"
   if where == "cpu":
-    return "blocked"
+    flash = (unbiased and q.dtype == jnp.float32 and one_device()
+             and q.shape[-1] % cpu_flash.HEAD_DIM_MULTIPLE == 0 and cpu_flash.available())
+    return "cpu_flash" if flash else "blocked"
   return "xla"
 
 
@@ -65,11 +77,16 @@ def local_attention(q, k, v, *, kernel: str = "auto", bias=None, scale=None, pre
   """Attention of [B, L, H, D] blocks by ``kernel`` (one of :data:`KERNELS`)."""
   plain = bias is None and (scale is None or scale == default_scale(q))
   if kernel == "auto":
-    kernel = auto_kernel(q, plain)
+    kernel = auto_kernel(q, plain, unbiased=bias is None and k.dtype == v.dtype == q.dtype)
   if kernel == "xla":
     return xla_attention(q, k, v, bias=bias, scale=scale, precision=precision)
   if kernel == "blocked":
     return blocked.blocked_attention(q, k, v, bias=bias, scale=scale, precision=precision)
+  if kernel == "cpu_flash":
+    if bias is not None:
+      raise ValueError("the cpu_flash kernel takes no bias; use implementation='blocked' (or "
+                       "'auto') for biased attention")
+    return cpu_flash.cpu_flash_attention(q, k, v, scale=scale)
   if kernel == "cudnn":
     return cudnn_attention(q, k, v, bias=bias, scale=scale, precision=precision)
   if kernel in ("splash", "splash_interpret"):
