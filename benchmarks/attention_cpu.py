@@ -1,4 +1,4 @@
-"""One attention on the CPU: the blocked kernel's tilings against torch's fused kernel.
+"""One attention on the CPU: the fused kernel and the blocked kernel's tilings against torch's.
 
   python benchmarks/attention_cpu.py [--length 8192] [--heads 8] [--head-dim 64]
       [--tiles default,8x1024x1024,1x1024x1024,1x2048x2048] [--repeats 3]
@@ -6,9 +6,10 @@
 Both sides in this process on the same threads (XLA's intra-op pool and ``torch.set_num_threads``
 at the machine's CPU count), the same float32 q/k/v, no mask. A tiling is ``HEADSxBQxBK`` (heads per
 tile x queries x keys) or ``default`` (``blocked.default_heads_per_tile`` / ``default_block_q`` /
-``BLOCK_K``). Prints the median wall time of each (after a warm-up), its GFLOP/s (4 L^2 H D FLOPs),
-its ratio to torch's ``scaled_dot_product_attention`` and its largest error against it relative
-to the output's largest value. The numbers behind ``blocked.TILE_BYTES`` (docs/performance.md).
+``BLOCK_K``); the fused kernel (``cpu_flash``, what ``auto`` runs on one CPU device) comes
+first. Prints the median wall time of each (after a warm-up), its GFLOP/s (4 L^2 H D FLOPs), its
+ratio to torch's ``scaled_dot_product_attention`` and its largest error against it relative to
+the output's largest value. The numbers behind ``blocked.TILE_BYTES`` (docs/performance.md).
 """
 
 import argparse
@@ -22,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import _timing  # noqa: E402
-from postcam_jax.models.attention import blocked  # noqa: E402
+from postcam_jax.models.attention import blocked, cpu_flash  # noqa: E402
 
 
 def parse_tiling(text):
@@ -60,12 +61,14 @@ def main():
   print(f"  torch scaled_dot_product_attention   {t_torch:8.3f} s  {flops / t_torch / 1e9:6.1f} "
         f"GFLOP/s")
   jq, jk, jv = (jax.device_put(x) for x in (q, k, v))
+  kernels = [("cpu_flash (fused)", jax.jit(cpu_flash.cpu_flash_attention))]
   for text in args.tiles.split(","):
-    fn = jax.jit(functools.partial(blocked.blocked_attention, **parse_tiling(text)))
+    t_ = blocked.tiling(shape, shape, **parse_tiling(text))
+    kernels.append((f"blocked {text} ({t_.heads_per_tile}x{t_.block_q}x{t_.block_k})",
+                    jax.jit(functools.partial(blocked.blocked_attention, **parse_tiling(text)))))
+  for name, fn in kernels:
     got = fn(jq, jk, jv).block_until_ready()
     t = _timing.time_fn(lambda: fn(jq, jk, jv).block_until_ready(), repeats=args.repeats)
-    t_ = blocked.tiling(shape, shape, **parse_tiling(text))
-    name = f"blocked {text} ({t_.heads_per_tile}x{t_.block_q}x{t_.block_k})"
     print(f"  {name:36s} {t:8.3f} s  {flops / t / 1e9:6.1f} GFLOP/s  x{t / t_torch:.2f} of "
           f"torch  err {_timing.rel_err(got, want):.1e}", flush=True)
 

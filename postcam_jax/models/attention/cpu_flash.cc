@@ -131,10 +131,8 @@ template <int R>
 inline void value_tile(const float* v0, int64_t v_stride, int nk, const float* pt, float* ot,
                        int d0) {
   constexpr int V = kQVecs;
-  vf acc[R][V];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) acc[r][v] = load(ot + (d0 + r) * kBlockQ + v * kLanes);
-  for (int j = 0; j < nk; ++j) {
+  vf acc[R][V] = {};  // the tile's sum, then added to ot: two-level sums stay accurate over
+  for (int j = 0; j < nk; ++j) {  // tens of thousands of keys
     vf pv[V];
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) pv[v] = load(pt + j * kBlockQ + v * kLanes);
@@ -147,7 +145,10 @@ inline void value_tile(const float* v0, int64_t v_stride, int nk, const float* p
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) store(ot + (d0 + r) * kBlockQ + v * kLanes, acc[r][v]);
+    for (int v = 0; v < V; ++v) {
+      float* o = ot + (d0 + r) * kBlockQ + v * kLanes;
+      store(o, load(o) + acc[r][v]);
+    }
 }
 
 // ot += v^T p over the tile's nk keys, kValueRows output rows at a time, then 4 or 2.
