@@ -26,7 +26,6 @@ from tests.sample_cli_test import (
   CLIP,
   POSTCAM_CKPT,
   TEXT_DIM,
-  random_params,
   save_tiny_vae,
   write_release_depth,
 )
@@ -142,7 +141,7 @@ def test_bad_prompt_embeddings_and_trajectories(assets, tmp_path, capsys):
 
 
 def test_nan_weight_is_refused_at_load(assets, tmp_path, capsys):
-  params = random_params(lambda: WanVAE(WanVAEConfig.tiny(), rngs=nnx.Rngs(0)))
+  params = model_dir.random_params(lambda: WanVAE(WanVAEConfig.tiny(), rngs=nnx.Rngs(0)))
   key = sorted(k for k in params if k.startswith("decoder") and k.endswith("kernel"))[0]
   params[key].reshape(-1)[5] = np.nan
   model_dir.save_model(tmp_path / "vae", kind=VAE_KIND, config=WanVAEConfig.tiny().to_dict(),

@@ -18,7 +18,7 @@ def command(workdir, cache_dir, steps):
   return [sys.executable, "-m", "postcam_jax.train", "--config", "configs/postcam_tiny.py",
           "--workdir", str(workdir), f"--config.data.cache_dir={cache_dir}",
           "--config.data.height=64", "--config.data.width=96", "--config.mesh_devices=1",
-          f"--config.stage_steps=({steps},{steps})", "--config.checkpoint.every=50",
+          f"--config.stage_steps=({steps},{3 * steps})", "--config.checkpoint.every=50",
           "--config.log_every=1", "--config.eval.every=0"]
 
 
@@ -71,13 +71,16 @@ def run_until(cmd, env, workdir, step, sig):
 
 
 def test_sigkill_resume_is_bitwise_and_sigterm_saves(env, cache_dir, tmp_path):
-  steps = 100  # two stages of 100 steps; checkpoints every 50
+  # stages of 100 and 300 steps, checkpoints every 50: the kills at steps 130 and 70 leave
+  # hundreds of steps to run, a few seconds at the tiny model's speed, so the signal lands before
+  # the run ends
+  steps = 100
   full = tmp_path / "full"
   done = subprocess.run(command(full, cache_dir, steps), cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=400)
   assert done.returncode == 0, done.stderr[-3000:]
   reference = last_losses(full)
-  assert sorted(reference) == list(range(1, 2 * steps + 1))
+  assert sorted(reference) == list(range(1, 4 * steps + 1))
 
   killed = tmp_path / "killed"
   rc, _ = run_until(command(killed, cache_dir, steps), env, killed, 130, signal.SIGKILL)
@@ -96,5 +99,5 @@ def test_sigkill_resume_is_bitwise_and_sigterm_saves(env, cache_dir, tmp_path):
   rc, err = run_until(command(term, cache_dir, steps), env, term, 70, signal.SIGTERM)
   assert rc == 0, err[-3000:]
   last = max(last_losses(term))
-  assert 70 <= last < 2 * steps
+  assert 70 <= last < 4 * steps
   assert max(checkpoint_steps(term)) == last
