@@ -67,8 +67,8 @@ def format_row(r) -> str:
 
 def main():
   args = comparison_parser(__doc__.split("\n\n")[0]).parse_args()
-  run_table(args, SIZES, row, format_row, HEADER, lambda first: "diffusers")
+  return run_table(args, SIZES, row, format_row, HEADER, lambda first: "diffusers")
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -12,7 +12,8 @@ fixture, or the release's ``WanModel`` from ``--release-checkout``). Prints per 
 time of each side, their ratio (JAX / PyTorch: <= 1 means JAX is faster), the peak resident
 memory of each process and its rise during the timed forwards, the parity of the outputs, and
 the machine's 1-minute load average after the row (above the CPU count, other processes were
-competing for the cores: the times are then upper bounds for both sides).
+competing for the cores: the times are then upper bounds for both sides). Exits 1 when the worst
+ratio is above 1.0 (issue 24's target: the jitted forward no slower than the release's).
 
 Sizes (model dim 512, ffn 1536, text_dim 512, a 512-row context; render latent 4x smaller):
 
@@ -96,9 +97,12 @@ def comparison_parser(description: str) -> argparse.ArgumentParser:
   return p
 
 
+TARGET_RATIO = 1.0  # issue 24: the jitted forward no slower than the release's eager one
+
+
 def run_table(args, sizes: dict, make_row, format_fn, header: str, reference: str):
   """One row per (size, head_dim) of ``args``, printed as it finishes, then the versions, the
-  thread counts and the worst JAX / PyTorch ratio."""
+  thread counts and the worst JAX / PyTorch ratio; returns 1 if that misses TARGET_RATIO."""
   args.threads = args.threads or len(os.sched_getaffinity(0))
   print(f"{args.threads} CPU thread(s) per side; {os.cpu_count()} CPUs on this machine")
   print(header, flush=True)
@@ -115,16 +119,18 @@ def run_table(args, sizes: dict, make_row, format_fn, header: str, reference: st
   print(f"jax {first['jax']['jax']}, torch {first['torch']['torch']} ({reference(first)}), "
         f"threads: jax {first['jax']['threads']}, torch {first['torch']['threads']}")
   worst = max(rows, key=lambda r: r["ratio"])
+  met = worst["ratio"] <= TARGET_RATIO
   print(f"worst JAX / PyTorch: {worst['ratio']:.2f} ({worst['size']}, head_dim "
-        f"{worst['head_dim']})")
+        f"{worst['head_dim']}): target <= {TARGET_RATIO:.1f} {'met' if met else 'MISSED'}")
+  return 0 if met else 1  # the exit status: a benchmark that fails when the target is missed
 
 
 def main():
   p = comparison_parser(__doc__.split("\n\n")[0])
   p.add_argument("--release-checkout", default="")
-  run_table(p.parse_args(), SIZES, row, format_row, HEADER,
-            lambda first: first["torch"]["reference"])
+  return run_table(p.parse_args(), SIZES, row, format_row, HEADER,
+                   lambda first: first["torch"]["reference"])
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

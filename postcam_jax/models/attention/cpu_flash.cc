@@ -7,10 +7,9 @@
 // dots; here a task computes a tile of scores into a cache-resident buffer, does the softmax on
 // it there and multiplies it by V at once, as PyTorch's fused CPU kernel does.
 //
-// Layout: q [B, H, Lq, D], k and v [B, H, Lk, D], out [B, H, Lq, D], lse [B, H, Lq], row-major
-// float32 (cpu_flash.py transposes from the models' [B, L, H, D]: each head's keys then lie in
-// consecutive cache lines; at the models' layout, rows H * D floats apart fall into a few L1 sets
-// and evict each other). One task = one (batch, head, block of kBlockQ queries). The
+// Layout: q and out [B, Lq, H, D] (the models'), k and v [B, H, Lk, D] (cpu_flash.py transposes
+// them: each head's keys then lie in consecutive cache lines; at the models' layout, rows H * D
+// floats apart fall into a few L1 sets and evict each other), lse [B, H, Lq]; row-major float32. One task = one (batch, head, block of kBlockQ queries). The
 // block's queries are packed transposed (qt [D][kBlockQ]) so every inner product runs along the
 // queries in SIMD lanes while k and v are read in place, one broadcast element at a time:
 //   scores st[j][i] = sum_d k[j][d] * qt[d][i]        (keys x queries, kBlockK x kBlockQ)
@@ -173,7 +172,7 @@ void attend_block(const float* q, const float* k, const float* v, float* out, fl
   const int64_t row = s.dim;  // stride between tokens
   std::fill(qt.begin(), qt.end(), 0.0f);
   for (int i = 0; i < nq; ++i) {
-    const float* qi = q + ((b * s.heads + h) * s.len_q + i_start + i) * s.dim;
+    const float* qi = q + ((b * s.len_q + i_start + i) * s.heads + h) * s.dim;
     for (int dd = 0; dd < d; ++dd) qt[dd * kBlockQ + i] = qi[dd];
   }
   std::fill(ot.begin(), ot.end(), 0.0f);
@@ -236,7 +235,7 @@ void attend_block(const float* q, const float* k, const float* v, float* out, fl
     store(mv + iv * kLanes, m[iv]);
   }
   for (int i = 0; i < nq; ++i) {
-    float* oi = out + ((b * s.heads + h) * s.len_q + i_start + i) * s.dim;
+    float* oi = out + ((b * s.len_q + i_start + i) * s.heads + h) * s.dim;
     const float inv = 1.0f / lv[i];
     for (int dd = 0; dd < d; ++dd) oi[dd] = ot[dd * kBlockQ + i] * inv;
     lse[(b * s.heads + h) * s.len_q + i_start + i] = mv[i] + std::log(lv[i]);
@@ -249,8 +248,8 @@ ffi::Error FlashForward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::B
   const auto qd = q.dimensions();
   const auto kd = k.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || v.dimensions().size() != 4)
-    return ffi::Error::InvalidArgument("cpu_flash: q, k, v must be [B, H, L, D]");
-  const Shape s{qd[0], qd[2], kd[2], qd[1], qd[3]};
+    return ffi::Error::InvalidArgument("cpu_flash: q [B, L, H, D], k and v [B, H, L, D]");
+  const Shape s{qd[0], qd[1], kd[2], qd[2], qd[3]};
   if (kd[0] != s.batch || kd[1] != s.heads || kd[3] != s.dim || s.dim % 2 != 0)
     return ffi::Error::InvalidArgument("cpu_flash: k/v must match q's batch, heads and head_dim "
                                        "(even)");

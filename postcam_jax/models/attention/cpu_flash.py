@@ -122,13 +122,12 @@ def forward_with_lse(q, k, v, scale: float):
     raise RuntimeError("the fused CPU attention could not be built (see the warning above); use "
                        "implementation='blocked'")
   b, lq, h, d = q.shape
-  heads_first = lambda x: jnp.transpose(x, (0, 2, 1, 3))  # noqa: E731  [B, H, L, D] for the kernel
+  heads_first = lambda x: jnp.transpose(x, (0, 2, 1, 3))  # noqa: E731  k, v: [B, H, L, D]
   out, lse = jax.ffi.ffi_call(
-      TARGET, (jax.ShapeDtypeStruct((b, h, lq, d), jnp.float32),
+      TARGET, (jax.ShapeDtypeStruct((b, lq, h, d), jnp.float32),
                jax.ShapeDtypeStruct((b, h, lq), jnp.float32)),
-      vmap_method="sequential")(heads_first(q), heads_first(k), heads_first(v),
-                                scale=np.float32(scale))
-  return heads_first(out), lse
+      vmap_method="sequential")(q, heads_first(k), heads_first(v), scale=np.float32(scale))
+  return out, lse
 
 
 def _impl(q, k, v, scale):
