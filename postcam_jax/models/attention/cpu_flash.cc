@@ -9,7 +9,8 @@
 //
 // Layout: q and out [B, Lq, H, D] (the models'), k and v [B, H, Lk, D] (cpu_flash.py transposes
 // them: each head's keys then lie in consecutive cache lines; at the models' layout, rows H * D
-// floats apart fall into a few L1 sets and evict each other), lse [B, H, Lq]; row-major float32. One task = one (batch, head, block of kBlockQ queries). The
+// floats apart fall into a few L1 sets and evict each other), lse [B, H, Lq]; row-major float32.
+// One task = one (batch, head, kGroup blocks of kBlockQ queries). The
 // block's queries are packed transposed (qt [D][kBlockQ]) so every inner product runs along the
 // queries in SIMD lanes while k and v are read in place, one broadcast element at a time:
 //   scores st[j][i] = sum_d k[j][d] * qt[d][i]        (keys x queries, kBlockK x kBlockQ)
@@ -33,7 +34,11 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int kLanes = 16;
-constexpr int kBlockQ = 64;     // queries per task (4 vectors)
+constexpr int kBlockQ = 64;     // queries per block (4 vectors)
+#ifndef PC_GROUP
+#define PC_GROUP 4
+#endif
+constexpr int kGroup = PC_GROUP;  // blocks per task, sharing each key tile
 #ifndef PC_BLOCK_K
 #define PC_BLOCK_K 256
 #endif
@@ -73,7 +78,7 @@ inline vf exp_bounded(vf x) {
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
   const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-  const vf two_n = reinterpret_cast<const vf&>(bits);
+  const vf two_n = __builtin_bit_cast(vf, bits);
   const vf zero = splat(0.0f);
   return underflow ? zero : p * two_n;
 }
@@ -163,83 +168,117 @@ struct Shape {
   int64_t batch, len_q, len_k, heads, dim;
 };
 
-// One task: queries [i_start, i_start + nq) of head h of batch b.
-void attend_block(const float* q, const float* k, const float* v, float* out, float* lse,
-                  const Shape& s, float scale, int64_t b, int64_t h, int64_t i_start,
-                  std::vector<float>& qt, std::vector<float>& st, std::vector<float>& ot) {
-  const int d = static_cast<int>(s.dim);
-  const int nq = static_cast<int>(std::min<int64_t>(kBlockQ, s.len_q - i_start));
-  const int64_t row = s.dim;  // stride between tokens
-  std::fill(qt.begin(), qt.end(), 0.0f);
-  for (int i = 0; i < nq; ++i) {
-    const float* qi = q + ((b * s.len_q + i_start + i) * s.heads + h) * s.dim;
-    for (int dd = 0; dd < d; ++dd) qt[dd * kBlockQ + i] = qi[dd];
-  }
-  std::fill(ot.begin(), ot.end(), 0.0f);
-  vf m[kQVecs], l[kQVecs];
-  for (int iv = 0; iv < kQVecs; ++iv) {
-    m[iv] = splat(-std::numeric_limits<float>::infinity());
-    l[iv] = splat(0.0f);
-  }
-  const float* kb = k + (b * s.heads + h) * s.len_k * s.dim;
-  const float* vb = v + (b * s.heads + h) * s.len_k * s.dim;
+// The online-softmax state of one block of kBlockQ queries of one head.
+struct QueryBlock {
+  std::vector<float> qt, ot;  // queries [D][kBlockQ] (0 past the last), output^T [D][kBlockQ]
+  vf m[kQVecs], l[kQVecs];    // running max and sum of exponentials per query
   bool have_max = false;
-  for (int64_t j0 = 0; j0 < s.len_k; j0 += kBlockK) {
-    const int nk = static_cast<int>(std::min<int64_t>(kBlockK, s.len_k - j0));
-    const float* k0 = kb + j0 * row;
-    bool fused = false;
-    if (have_max) {  // one pass: exponentials against the running max, kept if none exceeds it
-      vf lsum[kQVecs], excess[kQVecs];  // by more than kSlack (then: the two-pass update below)
-      for (int iv = 0; iv < kQVecs; ++iv) {
-        lsum[iv] = splat(0.0f);
-        excess[iv] = splat(-std::numeric_limits<float>::infinity());
-      }
-      scores<true>(k0, row, nk, qt.data(), d, st.data(), scale, m, lsum, excess);
-      vf worst = excess[0];
-      for (int iv = 1; iv < kQVecs; ++iv) worst = vmax(worst, excess[iv]);
-      fused = true;
-      for (int i = 0; i < kLanes; ++i) fused = fused && worst[i] <= kSlack;
-      if (fused)
-        for (int iv = 0; iv < kQVecs; ++iv) l[iv] += lsum[iv];
-    }
-    if (!fused) {  // scores, their max, then the exponentials; earlier tiles' sums rescaled
-      scores<false>(k0, row, nk, qt.data(), d, st.data(), scale, m, nullptr, nullptr);
-      vf alpha[kQVecs];
-      for (int iv = 0; iv < kQVecs; ++iv) {
-        float* col = st.data() + iv * kLanes;
-        vf mx = m[iv];
-        for (int j = 0; j < nk; ++j) mx = vmax(mx, load(col + j * kBlockQ));
-        alpha[iv] = exp_bounded(m[iv] - mx);
-        vf sum = splat(0.0f);
-        for (int j = 0; j < nk; ++j) {
-          const vf p = exp_bounded(load(col + j * kBlockQ) - mx);
-          store(col + j * kBlockQ, p);
-          sum += p;
-        }
-        l[iv] = l[iv] * alpha[iv] + sum;
-        m[iv] = mx;
-      }
-      if (have_max)  // on the first tile ot is still 0
-        for (int dd = 0; dd < d; ++dd)
-          for (int iv = 0; iv < kQVecs; ++iv) {
-            float* o = ot.data() + dd * kBlockQ + iv * kLanes;
-            store(o, load(o) * alpha[iv]);
-          }
-      have_max = true;
-    }
-    values(vb + j0 * row, row, nk, st.data(), ot.data(), d);
+  int nq = 0;                 // queries in the block
+  int64_t i_start = 0;
+};
+
+// Load queries [i_start, i_start + kBlockQ) of head h of batch b and reset the state.
+void start_block(QueryBlock& blk, const float* q, const Shape& s, int64_t b, int64_t h,
+                 int64_t i_start) {
+  const int d = static_cast<int>(s.dim);
+  blk.i_start = i_start;
+  blk.nq = static_cast<int>(std::min<int64_t>(kBlockQ, s.len_q - i_start));
+  blk.qt.assign(s.dim * kBlockQ, 0.0f);
+  blk.ot.assign(s.dim * kBlockQ, 0.0f);
+  for (int i = 0; i < blk.nq; ++i) {
+    const float* qi = q + ((b * s.len_q + i_start + i) * s.heads + h) * s.dim;
+    for (int dd = 0; dd < d; ++dd) blk.qt[dd * kBlockQ + i] = qi[dd];
   }
+  for (int iv = 0; iv < kQVecs; ++iv) {
+    blk.m[iv] = splat(-std::numeric_limits<float>::infinity());
+    blk.l[iv] = splat(0.0f);
+  }
+  blk.have_max = false;
+}
+
+// Add keys/values [0, nk) at k0/v0 (a tile) to the block's online softmax; st: scratch tile.
+void add_tile(QueryBlock& blk, const float* k0, const float* v0, int64_t row, int nk, int d,
+              float scale, float* st) {
+  vf* m = blk.m;
+  vf* l = blk.l;
+  bool fused = false;
+  if (blk.have_max) {  // one pass: exponentials against the running max, kept if none exceeds
+    vf lsum[kQVecs], excess[kQVecs];  // it by more than kSlack (then: the two-pass update below)
+    for (int iv = 0; iv < kQVecs; ++iv) {
+      lsum[iv] = splat(0.0f);
+      excess[iv] = splat(-std::numeric_limits<float>::infinity());
+    }
+    scores<true>(k0, row, nk, blk.qt.data(), d, st, scale, m, lsum, excess);
+    vf worst = excess[0];
+    for (int iv = 1; iv < kQVecs; ++iv) worst = vmax(worst, excess[iv]);
+    fused = true;
+    for (int i = 0; i < kLanes; ++i) fused = fused && worst[i] <= kSlack;
+    if (fused)
+      for (int iv = 0; iv < kQVecs; ++iv) l[iv] += lsum[iv];
+  }
+  if (!fused) {  // scores, their max, then the exponentials; earlier tiles' sums rescaled
+    scores<false>(k0, row, nk, blk.qt.data(), d, st, scale, m, nullptr, nullptr);
+    vf alpha[kQVecs];
+    for (int iv = 0; iv < kQVecs; ++iv) {
+      float* col = st + iv * kLanes;
+      vf mx = m[iv];
+      for (int j = 0; j < nk; ++j) mx = vmax(mx, load(col + j * kBlockQ));
+      alpha[iv] = exp_bounded(m[iv] - mx);
+      vf sum = splat(0.0f);
+      for (int j = 0; j < nk; ++j) {
+        const vf p = exp_bounded(load(col + j * kBlockQ) - mx);
+        store(col + j * kBlockQ, p);
+        sum += p;
+      }
+      l[iv] = l[iv] * alpha[iv] + sum;
+      m[iv] = mx;
+    }
+    if (blk.have_max)  // on the first tile ot is still 0
+      for (int dd = 0; dd < d; ++dd)
+        for (int iv = 0; iv < kQVecs; ++iv) {
+          float* o = blk.ot.data() + dd * kBlockQ + iv * kLanes;
+          store(o, load(o) * alpha[iv]);
+        }
+    blk.have_max = true;
+  }
+  values(v0, row, nk, st, blk.ot.data(), d);
+}
+
+// Normalise and write the block's outputs and log-sum-exps.
+void finish_block(const QueryBlock& blk, float* out, float* lse, const Shape& s, int64_t b,
+                  int64_t h) {
   float lv[kBlockQ], mv[kBlockQ];
   for (int iv = 0; iv < kQVecs; ++iv) {
-    store(lv + iv * kLanes, l[iv]);
-    store(mv + iv * kLanes, m[iv]);
+    store(lv + iv * kLanes, blk.l[iv]);
+    store(mv + iv * kLanes, blk.m[iv]);
   }
-  for (int i = 0; i < nq; ++i) {
-    float* oi = out + ((b * s.len_q + i_start + i) * s.heads + h) * s.dim;
+  for (int i = 0; i < blk.nq; ++i) {
+    float* oi = out + ((b * s.len_q + blk.i_start + i) * s.heads + h) * s.dim;
     const float inv = 1.0f / lv[i];
-    for (int dd = 0; dd < d; ++dd) oi[dd] = ot[dd * kBlockQ + i] * inv;
-    lse[(b * s.heads + h) * s.len_q + i_start + i] = mv[i] + std::log(lv[i]);
+    for (int dd = 0; dd < s.dim; ++dd) oi[dd] = blk.ot[dd * kBlockQ + i] * inv;
+    lse[(b * s.heads + h) * s.len_q + blk.i_start + i] = mv[i] + std::log(lv[i]);
   }
+}
+
+// One task: up to kGroup blocks of queries of head h of batch b, from query i_start. Every key
+// tile is used by each block in turn while it is still in cache, so the keys and values stream
+// from memory once per kGroup x kBlockQ queries (at 35k tokens they are 35 MB per head).
+void attend_group(const float* q, const float* k, const float* v, float* out, float* lse,
+                  const Shape& s, float scale, int64_t b, int64_t h, int64_t i_start,
+                  std::vector<QueryBlock>& blocks, std::vector<float>& st) {
+  const int d = static_cast<int>(s.dim);
+  const int64_t row = s.dim;  // stride between keys (heads-first)
+  int count = 0;
+  for (; count < kGroup && i_start + count * kBlockQ < s.len_q; ++count)
+    start_block(blocks[count], q, s, b, h, i_start + count * kBlockQ);
+  const float* kb = k + (b * s.heads + h) * s.len_k * s.dim;
+  const float* vb = v + (b * s.heads + h) * s.len_k * s.dim;
+  for (int64_t j0 = 0; j0 < s.len_k; j0 += kBlockK) {
+    const int nk = static_cast<int>(std::min<int64_t>(kBlockK, s.len_k - j0));
+    for (int g = 0; g < count; ++g)
+      add_tile(blocks[g], kb + j0 * row, vb + j0 * row, row, nk, d, scale, st.data());
+  }
+  for (int g = 0; g < count; ++g) finish_block(blocks[g], out, lse, s, b, h);
 }
 
 ffi::Error FlashForward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
@@ -254,8 +293,9 @@ ffi::Error FlashForward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::B
     return ffi::Error::InvalidArgument("cpu_flash: k/v must match q's batch, heads and head_dim "
                                        "(even)");
   if (s.len_k == 0) return ffi::Error::InvalidArgument("cpu_flash: no keys");
-  const int64_t q_blocks = (s.len_q + kBlockQ - 1) / kBlockQ;
-  const int64_t tasks = s.batch * s.heads * q_blocks;
+  constexpr int64_t kGroupQ = kGroup * kBlockQ;
+  const int64_t q_groups = (s.len_q + kGroupQ - 1) / kGroupQ;
+  const int64_t tasks = s.batch * s.heads * q_groups;
   const float* qp = q.typed_data();
   const float* kp = k.typed_data();
   const float* vp = v.typed_data();
@@ -263,12 +303,13 @@ ffi::Error FlashForward(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::B
   float* lp = lse->typed_data();
 #pragma omp parallel
   {
-    std::vector<float> qt(s.dim * kBlockQ), st(kBlockK * kBlockQ), ot(s.dim * kBlockQ);
+    std::vector<QueryBlock> blocks(kGroup);
+    std::vector<float> st(kBlockK * kBlockQ);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
-      const int64_t qb = t % q_blocks, bh = t / q_blocks;
-      attend_block(qp, kp, vp, op, lp, s, scale, bh / s.heads, bh % s.heads, qb * kBlockQ, qt,
-                   st, ot);
+      const int64_t qg = t % q_groups, bh = t / q_groups;
+      attend_group(qp, kp, vp, op, lp, s, scale, bh / s.heads, bh % s.heads, qg * kGroupQ,
+                   blocks, st);
     }
   }
   return ffi::Error::Success();
