@@ -107,20 +107,21 @@ def test_blocked_never_materialises_the_scores():
 
 
 def test_auto_on_cpu_runs_the_fused_kernel_or_the_blocked_one_and_both_by_name(monkeypatch):
-  q = jnp.zeros((1, 8, 2, 64), jnp.float32)
+  q = jnp.zeros((1, local.FLASH_MIN_QUERIES, 2, 64), jnp.float32)
   assert jax.default_backend() == "cpu" and cpu_flash.available()  # this machine builds it
   assert local.auto_kernel(q) == "cpu_flash"
+  assert local.auto_kernel(q[:, :local.FLASH_MIN_QUERIES - 1]) == "blocked"  # too few queries
   assert local.auto_kernel(q, plain=False, unbiased=True) == "cpu_flash"  # another scale
   assert local.auto_kernel(q, plain=False) == "blocked"                   # a bias (T5)
   assert local.auto_kernel(q.astype(jnp.bfloat16)) == "blocked"
-  assert local.auto_kernel(jnp.zeros((1, 8, 2, 5), jnp.float32)) == "blocked"  # odd head_dim
+  assert local.auto_kernel(q[..., :5]) == "blocked"  # odd head_dim
   mesh = jax.make_mesh((len(jax.devices()),), ("data",))
   with jax.set_mesh(mesh):  # under a multi-device mesh: the partitionable blocked kernel
     assert local.auto_kernel(q) == "blocked"
   monkeypatch.setattr(cpu_flash, "available", lambda: False)  # no compiler: blocked, same result
   assert local.auto_kernel(q) == "blocked"
   assert {"blocked", "cpu_flash"} <= set(attention.IMPLEMENTATIONS)
-  q, k, v, _ = operands(3, 1, 20, 30, 2, 64)
+  q, k, v, _ = operands(3, 1, local.FLASH_MIN_QUERIES, 30, 2, 64)
   auto = np.asarray(attention.attention(q, k, v))  # blocked, as cpu_flash is "unavailable"
   monkeypatch.undo()
   np.testing.assert_array_equal(auto, np.asarray(attention.attention(q, k, v,

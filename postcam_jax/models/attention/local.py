@@ -50,6 +50,12 @@ def platform() -> str:
   return "gpu" if name in ("cuda", "rocm") else name
 
 
+# Below this many queries per call ``auto`` keeps the blocked kernel on CPU: the fused kernel's
+# custom call, transposes and thread start-up then cost about what they save, and the small
+# models' parity tests keep the rounding they were written against.
+FLASH_MIN_QUERIES = 1024
+
+
 def one_device() -> bool:
   """No mesh in context, or a mesh of one device (an FFI call cannot be partitioned)."""
   mesh = jax.sharding.get_abstract_mesh()
@@ -68,6 +74,7 @@ def auto_kernel(q, plain: bool = True, unbiased: bool | None = None) -> str:
     return "splash"
   if where == "cpu":
     flash = (unbiased and q.dtype == jnp.float32 and one_device()
+             and q.shape[1] >= FLASH_MIN_QUERIES
              and q.shape[-1] % cpu_flash.HEAD_DIM_MULTIPLE == 0 and cpu_flash.available())
     return "cpu_flash" if flash else "blocked"
   return "xla"
