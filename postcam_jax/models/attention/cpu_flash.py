@@ -16,8 +16,9 @@ compiler works, :func:`available` is False, a warning says why once, and ``auto`
 blocked kernel: results are the same to float32 rounding either way.
 
 It computes float32 attention without a bias (any scale) and an even head_dim; ``auto`` picks it
-on CPU for those calls of at least ``local.FLASH_MIN_QUERIES`` queries outside a multi-device mesh (an FFI call is opaque to XLA's partitioner,
-which would gather its operands; under a mesh the blocked kernel stays).
+on CPU for those calls of at least ``local.FLASH_MIN_QUERIES`` queries outside a multi-device
+mesh (an FFI call is opaque to XLA's partitioner, which would gather its operands; under a mesh
+the blocked kernel stays).
 """
 
 import ctypes
