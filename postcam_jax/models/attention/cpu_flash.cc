@@ -35,14 +35,8 @@ namespace {
 
 constexpr int kLanes = 16;
 constexpr int kBlockQ = 64;     // queries per block (4 vectors)
-#ifndef PC_GROUP
-#define PC_GROUP 4
-#endif
-constexpr int kGroup = PC_GROUP;  // blocks per task, sharing each key tile
-#ifndef PC_BLOCK_K
-#define PC_BLOCK_K 256
-#endif
-constexpr int kBlockK = PC_BLOCK_K;
+constexpr int kGroup = 4;       // blocks per task, sharing each key tile
+constexpr int kBlockK = 256;    // keys per tile: 256 x 64 float32 scores = 64 KiB, in L2
 constexpr int kQVecs = kBlockQ / 16;  // the block's queries as vectors of 16
 constexpr int kScoreRows = 6;   // register blocks: 6 key rows x 4 query vectors (24 registers)
 constexpr int kValueRows = 6;   // and 6 head_dim rows x 4 query vectors

@@ -4,7 +4,7 @@ On CPU, XLA runs every step of the blocked kernel's online softmax (row max, exp
 rescaling) as its own pass over a tile in memory between two library dots; PyTorch's fused CPU
 kernel does them on a cache-resident tile, and that difference was the last 6-8 % between the
 jitted forward and the release's (docs/performance.md, issue 24). ``cpu_flash.cc`` does the same
-in one kernel: per head and block of 64 queries, a tile of 128 keys' scores, its softmax against
+in one kernel: per head and block of 64 queries, a tile of 256 keys' scores, its softmax against
 the running max, and its product with V, never leaving L1/L2. The forward returns the output and
 the log-sum-exp; the backward is the blocked kernel's (``blocked.backward_with_lse``), which
 recomputes the probabilities tile by tile from them.
