@@ -1,6 +1,6 @@
 """The release's whole depth step on all 41 frames of test1.mp4 against its golden fixture.
 
-  python benchmarks/da3_fixture_full.py [--cubic ipp,opencv] [--workdir /tmp/da3_fixture_full]
+  python benchmarks/da3_fixture_full.py [--cubic ipp,opencv,cv2] [--workdir /tmp/da3_fixture_full]
 
 Regenerates the fixture's random da3-small by its recipe (``tests/da3_fixture_test.py``, needs the
 test extra), converts it, runs ``estimate`` on the 41 decoded frames with each cubic kernel, then
@@ -53,7 +53,7 @@ def compare_folder(out: pathlib.Path) -> dict:
 def main():
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--cubic", default="ipp,opencv", help="cubic kernels to run, comma-separated")
+  p.add_argument("--cubic", default="ipp,opencv,cv2", help="cubic kernels to run, comma-separated")
   p.add_argument("--workdir", default="/tmp/da3_fixture_full")
   args = p.parse_args()
   work = pathlib.Path(args.workdir)

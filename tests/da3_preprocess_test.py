@@ -135,15 +135,18 @@ def test_ipp_kernel_equals_opencv_with_ipp_but_for_float32_ties():
 
 @pytest.mark.parametrize("shape,res", [((480, 832), 504), ((60, 90), 56), ((20, 30), 56)])
 def test_equals_release_input_processor_with_ipp(shape, res):
-  """The default preprocessing against the release's processor as it runs (IPP on)."""
+  """The default preprocessing against the release's processor as it runs (IPP on); with the
+  ``cv2`` kernel (OpenCV itself) bit for bit."""
   rng = np.random.default_rng(2)
   frames = np.stack([_image(rng, *shape, bool(i % 2)) for i in range(2)])
   cv2.ipp.setUseIPP(True)
   try:
     want, _, _ = ref.da3().SequentialInput()(list(frames), None, None, res, "upper_bound_resize")
+    by_opencv = pp.preprocess(frames, res, cubic="cv2")
   finally:
     cv2.ipp.setUseIPP(False)
   want = np.moveaxis(want.numpy(), 1, -1)
+  np.testing.assert_array_equal(by_opencv, want)
   got = pp.preprocess(frames, res)
   assert got.shape == want.shape
   step = (1 / 255) / pp.STD  # one grey level, normalised, per channel

@@ -89,6 +89,27 @@ def test_bad_input_gives_one_line_and_status_2(bad_inputs, tmp_path, capsys, nam
   assert sorted(os.listdir(tmp_path)) == [], "nothing may be written"
 
 
+def test_cv2_kernel_without_opencv_gives_one_line(bad_inputs, tmp_path, capsys, monkeypatch):
+  """--cubic cv2 (depth) and --depth-cubic cv2 (sample) name the extra to install, before any
+  video is decoded or model loaded, when OpenCV is not importable."""
+  from postcam_jax.inference import cli as sample_cli  # pylint: disable=import-outside-toplevel
+  monkeypatch.setitem(sys.modules, "cv2", None)  # "import cv2" raises ImportError
+  fix = "cubic kernel 'cv2' needs OpenCV: pip install 'postcam-jax[exact]'"
+  argv = ["--model", str(bad_inputs["da3"]), "--video", str(bad_inputs["clip"]), "--out",
+          str(tmp_path / "out"), "--cubic", "cv2"]
+  assert depth_cli.main(argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and fix in err and len(err.splitlines()) == 1, err
+  argv = ["--checkpoint", str(tmp_path / "no_ckpt"), "--vae", str(tmp_path / "no_vae"),
+          "--video", str(bad_inputs["clip"]), "--trajectory", "y_left_30", "--prompt", "x",
+          "--out", str(tmp_path / "out"), "--depth-model", str(bad_inputs["da3"]),
+          "--depth-cubic", "cv2", "--no-progress"]
+  assert sample_cli.main(argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and fix in err and len(err.splitlines()) == 1, err
+  assert os.listdir(tmp_path) == [], "nothing may be written"
+
+
 def test_help_explains_the_command(capsys, monkeypatch):
   """``python -m postcam_jax.depth --help`` (the package's __main__, run as python -m runs it)."""
   monkeypatch.setattr(sys, "argv", ["python -m postcam_jax.depth", "--help"])
@@ -96,7 +117,7 @@ def test_help_explains_the_command(capsys, monkeypatch):
     runpy.run_module("postcam_jax.depth", run_name="__main__", alter_sys=True)
   assert exit_info.value.code == 0
   text = capsys.readouterr().out
-  for word in ("--model", "--video", "--out", "--overwrite", "--mesh", "--da3-tmp",
+  for word in ("--model", "--video", "--out", "--overwrite", "--mesh", "--da3-tmp", "--cubic",
                "tools/convert_weights.py", "metadata.txt", "python -m postcam_jax.sample"):
     assert word in text, word
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from postcam_jax import parallel
 from postcam_jax.core import atomic, cli
-from postcam_jax.depth import estimate, release
+from postcam_jax.depth import estimate, preprocess, release
 from postcam_jax.io import model_dir, video
 
 MIN_FRAMES = 2  # poses are relative between views: one frame has no camera motion to estimate
@@ -61,8 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--mesh", default=None,
                  help="spread the frames over devices, e.g. 'data=2,fsdp=2' or 'auto' (all "
                       "devices); default: one device")
+  add_cubic_argument(p, "--cubic")
   p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
   return p
+
+
+def add_cubic_argument(p: argparse.ArgumentParser, flag: str):
+  """The kernel of DA3's cubic input resize (the depth and sample commands share it)."""
+  p.add_argument(flag, default="ipp", choices=tuple(preprocess.CUBIC_KERNELS),
+                 help="kernel of DA3's INTER_CUBIC input resize: 'ipp' (default; numpy, what the "
+                      "release's OpenCV wheel computes but one grey level off on ~1e-5 of the "
+                      "values), 'cv2' (OpenCV itself: the release's input bit for bit; pip "
+                      "install 'postcam-jax[exact]'), 'opencv' (OpenCV's kernel without IPP)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,10 +130,20 @@ def read_release_frames(path, max_frames: int = release.MAX_FRAMES) -> np.ndarra
   return frames
 
 
-def estimate_release_depth(model, frames: np.ndarray, *, mesh=None) -> release.ReleaseDepth:
-  """DA3 on ``frames`` with the release's arguments, then the release's post-processing."""
+def check_cubic(cubic: str) -> str:
   try:
-    prediction = estimate.estimate(model, frames, mesh=mesh, **RELEASE_ESTIMATE_ARGS)
+    return preprocess.check_cubic(cubic)
+  except ValueError as e:
+    raise DepthCliError(str(e)) from None
+
+
+def estimate_release_depth(model, frames: np.ndarray, *, mesh=None,
+                           cubic: str = "ipp") -> release.ReleaseDepth:
+  """DA3 on ``frames`` with the release's arguments, then the release's post-processing
+  (``cubic``: the input's cubic resize kernel, ``preprocess.CUBIC_KERNELS``)."""
+  try:
+    prediction = estimate.estimate(model, frames, mesh=mesh, cubic=cubic,
+                                   **RELEASE_ESTIMATE_ARGS)
   except ValueError as e:  # e.g. a nested model that sees no ground to set its scale
     raise DepthCliError(f"depth estimation failed: {e}") from e
   return release.postprocess(prediction.depth, prediction.extrinsics, prediction.intrinsics,
@@ -154,10 +174,11 @@ def run(args) -> list[str]:
     if os.path.abspath(args.da3_tmp) == os.path.abspath(args.out):
       raise DepthCliError("--da3-tmp must be another folder than --out")
   check_model_dir(args.model)
+  check_cubic(args.cubic)
   frames = read_release_frames(check_video_path(args.video))
   mesh = make_mesh(args.mesh)
   model = load_model(args.model, mesh)
-  result = estimate_release_depth(model, frames, mesh=mesh)
+  result = estimate_release_depth(model, frames, mesh=mesh, cubic=args.cubic)
   written = [release.write_release_folder(args.out, result, frames, overwrite=args.overwrite,
                                           progress=not args.no_progress, inputs=inputs)]
   if args.da3_tmp is not None:

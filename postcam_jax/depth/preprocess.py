@@ -10,7 +10,11 @@ to multiples of 14 instead. Then ``ToTensor`` (/255) and ImageNet normalisation,
 The resizes are OpenCV's (``postcam_jax.depth.opencv_resize``). ``INTER_AREA`` is bit for bit;
 ``INTER_CUBIC`` is, by default (``cubic="ipp"``), the kernel opencv-python's x86 wheels run (Intel
 IPP, what the release computes; within one grey level on ~1e-5 of the values), or with
-``cubic="opencv"`` OpenCV's own kernel bit for bit (IPP off, or builds without IPP).
+``cubic="opencv"`` OpenCV's own kernel bit for bit (IPP off, or builds without IPP). IPP itself is
+closed and its float32 weights differ from the correctly rounded Keys weights by a few ulps, so
+the release's input bit for bit needs OpenCV: ``cubic="cv2"`` calls ``cv2.resize`` when
+``opencv-python-headless`` is installed (the ``exact`` extra; never imported otherwise), which
+makes the whole depth step equal to the release's to float32 rounding (docs/performance.md).
 """
 
 import numpy as np
@@ -21,7 +25,36 @@ PATCH = 14
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 METHODS = ("upper_bound_resize", "upper_bound_crop", "lower_bound_resize", "lower_bound_crop")
-CUBIC_KERNELS = {"ipp": opencv_resize.resize_cubic_ipp, "opencv": opencv_resize.resize_cubic}
+
+
+def _cv2():
+  try:
+    import cv2  # noqa: PLC0415  (optional: only the "cv2" kernel needs OpenCV)
+  except ImportError:
+    raise ValueError("cubic kernel 'cv2' needs OpenCV: pip install 'postcam-jax[exact]' (or "
+                     "opencv-python-headless), or use 'ipp' (no OpenCV)") from None
+  return cv2
+
+
+def resize_cubic_cv2(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+  """``cv2.resize(f, (W, H), interpolation=cv2.INTER_CUBIC)`` of each uint8 [H, W, 3] frame, by
+  OpenCV itself (with IPP where its wheel has it: what the release computes on this CPU)."""
+  cv2 = _cv2()
+  return np.stack([cv2.resize(np.ascontiguousarray(f), (hw[1], hw[0]),
+                              interpolation=cv2.INTER_CUBIC) for f in frames])
+
+
+CUBIC_KERNELS = {"ipp": opencv_resize.resize_cubic_ipp, "opencv": opencv_resize.resize_cubic,
+                 "cv2": resize_cubic_cv2}
+
+
+def check_cubic(cubic: str) -> str:
+  """One clear error for an unknown kernel, or for "cv2" without OpenCV installed."""
+  if cubic not in CUBIC_KERNELS:
+    raise ValueError(f"unknown cubic kernel {cubic!r}; choose one of {', '.join(CUBIC_KERNELS)}")
+  if cubic == "cv2":
+    _cv2()
+  return cubic
 
 
 def _nearest_multiple(x: int, p: int = PATCH) -> int:
@@ -52,8 +85,7 @@ def _resize(frames: np.ndarray, hw, grow: bool, cubic: str) -> np.ndarray:
 def resize_frames(frames: np.ndarray, process_res: int = 504,
                   method: str = "upper_bound_resize", cubic: str = "ipp") -> np.ndarray:
   """uint8 [N, H, W, 3] RGB -> uint8 [N, h, w, 3] at the model resolution."""
-  if cubic not in CUBIC_KERNELS:
-    raise ValueError(f"unknown cubic kernel {cubic!r}; choose one of {', '.join(CUBIC_KERNELS)}")
+  check_cubic(cubic)
   frames = np.asarray(frames)
   if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
     raise ValueError(f"frames must be uint8 [N, H, W, 3] RGB; got {frames.dtype} "

@@ -132,6 +132,7 @@ def check_depth_model_args(args):
     raise SampleError("give --depth (depth folders or .npz files) or --depth-model (estimate "
                       "them), not both")
   depth_cli.check_model_dir(args.depth_model)
+  depth_cli.check_cubic(args.depth_cubic)
   if args.save_depth is None:
     return
   if len(args.save_depth) != len(args.video):

@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--save-depth", nargs="+", default=None, metavar="DIR",
                  help="with --depth-model: keep each video's estimated depth folder in DIR (one "
                       "per video; must not exist), for --depth with other trajectories")
+  depth_cli.add_cubic_argument(p, "--depth-cubic")
   p.add_argument("--trajectory", required=True, nargs="+",
                  help="y_left_30 (any shipped name), a basic name (arc_left, ...), file.txt, "
                       "poses.json, or camera_extrinsics.json:INDEX")
@@ -300,7 +301,7 @@ def estimate_depth_folders(args, videos: list[str], holders: list[str]) -> list[
   folders = []
   for path, holder in zip(videos, holders):
     frames = depth_cli.read_release_frames(path)
-    result = depth_cli.estimate_release_depth(model, frames, mesh=mesh)
+    result = depth_cli.estimate_release_depth(model, frames, mesh=mesh, cubic=args.depth_cubic)
     keep = args.save_depth is not None
     folders.append(depth_release.write_release_folder(
         os.path.join(holder, "depth"), result, frames if keep else None,
