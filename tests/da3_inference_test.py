@@ -84,8 +84,6 @@ def test_bad_arguments(small):
     estimate_lib.estimate(jax_model, frames.astype(np.float32))
   with pytest.raises(ValueError, match="ref_view_strategy"):
     estimate_lib.estimate(jax_model, frames, ref_view_strategy="best")
-  with pytest.raises(ValueError, match="use_ray_pose"):
-    estimate_lib.estimate(jax_model, frames, use_ray_pose=True)
   with pytest.raises(ValueError, match="process_res_method"):
     estimate_lib.estimate(jax_model, frames, process_res_method="stretch")
 

@@ -217,7 +217,7 @@ def test_cli_writes_the_release_folder_of_its_prediction(cli_run, da3):
   # The release's call: use_ray_pose=False and the package's defaults, on every decoded frame.
   assert cli_run["kwargs"] == {"process_res": 504, "process_res_method": "upper_bound_resize",
                                "ref_view_strategy": "saddle_balanced", "use_ray_pose": False,
-                               "mesh": None}
+                               "mesh": None, "cubic": "ipp"}
   np.testing.assert_array_equal(frames, video.read_video(str(da3["clip"])))
   # 128x96: the longest side to 504 -> 504x378, 36 x 27 patches of 14.
   assert prediction.processed_hw == (378, 504) and prediction.depth.shape == (2, 378, 504)

@@ -47,15 +47,18 @@ class DepthPrediction:
   scale_factor: float | None = None  # nested model: the metric scale applied
 
 
-@nnx.jit(static_argnames=("valid", "strategy"))
-def _forward(model, images, valid, strategy):
-  return model(images, valid=valid, ref_view_strategy=strategy)
+@nnx.jit(static_argnames=("valid", "strategy", "use_ray_pose"))
+def _forward(model, images, valid, strategy, use_ray_pose, seed, samples):
+  return model(images, valid=valid, ref_view_strategy=strategy, use_ray_pose=use_ray_pose,
+               ray_pose_key=jax.random.key(seed), ray_pose_samples=samples)
 
 
 def forward(model, images: np.ndarray, *, ref_view_strategy: str = "saddle_balanced",
+            use_ray_pose: bool = False, ray_pose_seed: int = 0, ray_pose_samples=None,
             mesh=None) -> dict:
   """The network on preprocessed float32 images [N, h, w, 3]: numpy outputs with the batch axis
-  dropped (one video)."""
+  dropped (one video). ``use_ray_pose``: cameras from the ray head (``models.da3.ray_pose``; its
+  RANSAC draws from ``ray_pose_seed``, or ``ray_pose_samples`` [100, 8])."""
   n = images.shape[0]
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     devices = frames_lib.frame_devices(mesh)
@@ -65,7 +68,8 @@ def forward(model, images: np.ndarray, *, ref_view_strategy: str = "saddle_balan
       axes = frames_lib.frame_axes(mesh)
       spec = P(None, axes if len(axes) > 1 else (axes[0] if axes else None))
       x = parallel.put_global(x, NamedSharding(mesh, spec))  # each host builds its shards
-    out = _forward(model, x, n, ref_view_strategy)
+    out = _forward(model, x, n, ref_view_strategy, use_ray_pose, ray_pose_seed,
+                   None if ray_pose_samples is None else np.asarray(ray_pose_samples, np.int32))
     return {k: np.asarray(jax.device_get(v))[0] if np.ndim(v) > 0 else np.asarray(v)
             for k, v in out.items()}
 
@@ -73,14 +77,15 @@ def forward(model, images: np.ndarray, *, ref_view_strategy: str = "saddle_balan
 def estimate(model, frames: np.ndarray, *, process_res: int = 504,
              process_res_method: str = "upper_bound_resize",
              ref_view_strategy: str = "saddle_balanced", use_ray_pose: bool = False,
-             mesh=None, cubic: str = "ipp") -> DepthPrediction:
+             ray_pose_seed: int = 0, ray_pose_samples=None, mesh=None,
+             cubic: str = "ipp") -> DepthPrediction:
   """Depth and cameras of uint8 RGB ``frames`` [N, H, W, 3] by a DA3 model with a camera
   decoder (any-view or nested; see the module docstring for the scale). ``cubic``: the kernel of
   the input's cubic resizes (``preprocess.CUBIC_KERNELS``: ``ipp``, what opencv-python's x86
-  wheels and so the release compute; ``opencv``, OpenCV's own)."""
-  if use_ray_pose:
-    raise ValueError("use_ray_pose=True (poses solved from the ray head by RANSAC) is not part "
-                     "of this port; the release calls use_ray_pose=False (camera decoder)")
+  wheels and so the release compute; ``opencv``, OpenCV's own; ``cv2``, OpenCV itself).
+  ``use_ray_pose``: the cameras solved from the ray head instead (``models.da3.ray_pose``; the
+  release's RANSAC draws with torch's generator, here from ``ray_pose_seed`` or, to replay a
+  run, ``ray_pose_samples`` [100, 8])."""
   if ref_view_strategy not in STRATEGIES:
     raise ValueError(f"unknown ref_view_strategy {ref_view_strategy!r}; choose one of "
                      f"{', '.join(STRATEGIES)}")
@@ -92,7 +97,8 @@ def estimate(model, frames: np.ndarray, *, process_res: int = 504,
     raise ValueError(f"frames must be uint8 RGB [N, H, W, 3] with N >= 1; got {frames.dtype} "
                      f"{tuple(frames.shape)}")
   images = preprocess.preprocess(frames, process_res, process_res_method, cubic)
-  out = forward(model, images, ref_view_strategy=ref_view_strategy, mesh=mesh)
+  out = forward(model, images, ref_view_strategy=ref_view_strategy, use_ray_pose=use_ray_pose,
+                ray_pose_seed=ray_pose_seed, ray_pose_samples=ray_pose_samples, mesh=mesh)
   if "non_sky_count" in out and int(out["non_sky_count"]) <= 10:
     raise ValueError(f"the metric branch sees {int(out['non_sky_count'])} non-sky pixels; the "
                      f"nested model needs more than 10 to align the scale")

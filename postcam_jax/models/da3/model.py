@@ -6,7 +6,8 @@ H and W multiples of 14) returns a dict of float32 arrays:
 - ``depth`` [B, S, H, W] and, for the any-view models, ``depth_conf`` [B, S, H, W], ``ray``
   [B, S, 8h, 8w, 6] and ``ray_conf`` (h, w: the patch grid), ``extrinsics`` [B, S, 3, 4]
   (world-to-camera, OpenCV axes, world = the reference view) and ``intrinsics`` [B, S, 3, 3] in
-  pixels, ``ref_view`` [B] (the chosen reference view);
+  pixels (from the camera decoder, or with ``use_ray_pose`` solved from the rays:
+  :mod:`.ray_pose`), ``ref_view`` [B] (the chosen reference view);
 - ``sky`` [B, S, H, W] for the mono/metric models (their sky pixels already filled);
 - for the nested model, the any-view outputs scaled to metric (:mod:`.alignment`) plus
   ``scale_factor`` and ``non_sky_count``.
@@ -15,10 +16,11 @@ Views are padded to a multiple of the devices of the mesh's view axes (:mod:`.fr
 outputs cut back. Facts: depth-anything-3 0.1.1 ``model/da3.py``.
 """
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from postcam_jax.models.da3 import alignment, camera, dpt, frames, layers
+from postcam_jax.models.da3 import alignment, camera, dpt, frames, layers, ray_pose
 from postcam_jax.models.da3.backbone import Backbone
 from postcam_jax.models.da3.config import DA3Config, NetConfig
 
@@ -88,12 +90,15 @@ class DA3Model(nnx.Module):
 
   def __call__(self, images, *, valid: int | None = None, extrinsics=None, intrinsics=None,
                ref_view_strategy: str = "saddle_balanced", use_ray_pose: bool = False,
-               return_features: bool = False):
+               ray_pose_key=None, ray_pose_samples=None, return_features: bool = False):
     """``valid``: the first views that are real (default all; the rest is padding).
-    ``return_features``: also the any-view net's backbone features (see :class:`DA3Net`)."""
-    if use_ray_pose:
-      raise ValueError("use_ray_pose=True (poses by RANSAC from the ray head) is not part of this "
-                       "port; the PostCam release calls use_ray_pose=False (the camera decoder)")
+    ``use_ray_pose``: cameras solved from the ray head (:mod:`.ray_pose`) instead of the camera
+    decoder, with RANSAC draws from ``ray_pose_key`` (default key 0) or given as
+    ``ray_pose_samples`` [100, 8]. ``return_features``: also the any-view net's backbone features
+    (see :class:`DA3Net`)."""
+    if use_ray_pose and self.cfg.net.head.kind != "dualdpt":
+      raise ValueError(f"use_ray_pose needs the ray head of an any-view or nested model; "
+                       f"{self.cfg.model_name} has a {self.cfg.net.head.kind} head")
     if images.ndim != 5 or images.shape[-1] != 3:
       raise ValueError(f"images must be [B, S, H, W, 3]; got {tuple(images.shape)}")
     b, s = images.shape[:2]
@@ -109,6 +114,9 @@ class DA3Model(nnx.Module):
     out = self.net(images, extrinsics=extrinsics, intrinsics=intrinsics,
                    ref_view_strategy=ref_view_strategy, return_features=return_features, **kw)
     out = {k: (v if k == "ref_view" else v[:, :valid]) for k, v in out.items()}
+    if use_ray_pose:  # before the metric alignment, which scales these translations
+      out["extrinsics"], out["intrinsics"] = _ray_cameras(out, images.shape[2:4], ray_pose_key,
+                                                          ray_pose_samples)
     if "sky" in out:
       out["depth"] = alignment.fill_sky(out["depth"], out["sky"], True)
     if self.metric is None:
@@ -117,6 +125,16 @@ class DA3Model(nnx.Module):
     metric = {k: v[:, :valid] for k, v in metric.items()}
     metric["depth"] = alignment.fill_sky(metric["depth"], metric["sky"], True)
     return alignment.align_to_metric(out, metric, True)
+
+
+def _ray_cameras(out, image_hw, key, samples):
+  ray, conf = out["ray"], out["ray_conf"]
+  points = ray.shape[-3] * ray.shape[-2]
+  key = jax.random.key(0) if key is None else key
+  draw_key, subset_key = jax.random.split(key)
+  samples = ray_pose.draw_samples(draw_key, points) if samples is None else samples
+  uniform = jax.random.uniform(subset_key, (*ray.shape[:-3], points))
+  return ray_pose.cameras_from_rays(ray, conf, tuple(image_hw), jnp.asarray(samples), uniform)
 
 
 def build(cfg: DA3Config, seed: int = 0) -> DA3Model:
