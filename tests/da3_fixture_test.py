@@ -101,7 +101,6 @@ def test_whole_release_step_with_opencv_equals_the_fixture(converted, tmp_path):
   the global min and max a few float32 ulps apart, poses to their printed digits. The numpy
   ``ipp`` kernel, one grey level off on ~1e-5 of the input, moves PNG values by up to 10 levels
   and the min by tens of ulps: this test tells the two apart."""
-  pytest.importorskip("cv2")
   _, model_path = converted
   out, tmp = tmp_path / "out", tmp_path / "da3_tmp"
   assert depth_cli.main(["--model", model_path, "--video", VIDEO, "--out", str(out),
