@@ -73,9 +73,8 @@ def auto_kernel(q, plain: bool = True, unbiased: bool | None = None) -> str:
   if where == "tpu" and q.dtype == jnp.bfloat16 and plain and not splash.in_checked_shard_map(q):
     return "splash"
   if where == "cpu":
-    flash = (unbiased and q.dtype == jnp.float32 and one_device()
-             and q.shape[1] >= FLASH_MIN_QUERIES
-             and q.shape[-1] % cpu_flash.HEAD_DIM_MULTIPLE == 0 and cpu_flash.available())
+    flash = (unbiased and one_device() and q.shape[1] >= FLASH_MIN_QUERIES
+             and cpu_flash.supports(q, q, q) and cpu_flash.available())
     return "cpu_flash" if flash else "blocked"
   return "xla"
 
