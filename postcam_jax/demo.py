@@ -1,6 +1,14 @@
 """``make demo``: PostCam's whole job in miniature, on 2 CPU cores in a few minutes.
 
-  python -m postcam_jax.demo --workdir demo_out [--config configs/demo.py]
+  python -m postcam_jax.demo --workdir demo_out            # samples with the shipped checkpoint
+  python -m postcam_jax.demo --train --workdir demo_train  # remakes that checkpoint (~25 min)
+
+The repository ships the recipe's trained model (``configs/demo.py``, docs/experiments.md) as one
+checksummed file, ``postcam_jax/assets/demo_postcam.safetensors`` (model + stand-in codec; its
+SHA-256, seed, command and time on the machine that made it are in ``demo_postcam.json``
+beside it). Without ``--train`` the demo checks that checksum, and that the file was made by
+the current ``configs/demo.py``, before anything else, then runs steps 3-4. ``--train`` runs
+1-4 and rewrites the checkpoint:
 
 1. generates a small dataset in the MultiCamVideo layout (``postcam_jax.data.synthetic``: dynamic
    scenes, synchronised cameras, exact depth);
@@ -9,7 +17,7 @@
    the paper's trainable set through stage 1 (pose only) and stage 2 (pose + render) with the
    project's trainer (``postcam_jax.training``). Latents come from the PCA stand-in codec
    (``postcam_jax.data.codec``): a random Wan-VAE could not reconstruct pixels;
-3. samples held-out (source, target camera) pairs of unseen scenes with the release's Euler
+3. samples held-out (source, target camera) pairs of an unseen scene with the release's Euler
    sampler, the render made by the release's warp from the source video and its depth;
 4. samples each pair twice with the same noise, with and without the camera and the render, and
    writes ``<pair>_{source,render,pred,pred_no_condition,target}_video.mp4`` and a contact sheet
@@ -23,8 +31,10 @@
 """
 
 import dataclasses
+import datetime
 import json
 import os
+import platform
 import sys
 import time
 
@@ -33,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
-from flax import nnx
+from flax import nnx, traverse_util
 from ml_collections import config_flags
 from PIL import Image
 from tqdm import tqdm
@@ -49,11 +59,17 @@ from postcam_jax.inference import sampling
 from postcam_jax.io import model_dir, video
 from postcam_jax.models.wan import WanConfig, WanModel
 from postcam_jax.training import data as train_data
-from postcam_jax.training import losses
+from postcam_jax.training import export, losses
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "demo_out", "where everything is written")
+flags.DEFINE_bool("train", False, "train the recipe from scratch (data, backbone, both stages) and "
+                  "rewrite --checkpoint with the result, instead of sampling with it")
+flags.DEFINE_string("checkpoint", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                               "assets", "demo_postcam.safetensors"),
+                    "the recipe's trained model + codec (checked against the SHA-256 in the .json "
+                    "beside it); written by --train")
 flags.DEFINE_integer("sample_steps", 25, "Euler steps of the sampler")
 flags.DEFINE_integer("num_pairs", 4, "held-out pairs to sample and score")
 flags.DEFINE_integer("backbone_steps", 3000, "steps of the stand-in backbone's pretraining")
@@ -258,21 +274,39 @@ def pretrain_backbone(config, workdir, steps):
   return out
 
 
-def main(argv):
-  del argv
+def machine() -> str:
+  """The CPU model and count (what a time on "this machine" means), e.g. for the checkpoint."""
+  name = platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return f"{name}, {os.cpu_count()} CPU cores ({jax.devices()[0].platform})"
 
-  config = FLAGS.config
-  estimator = None
-  if FLAGS.depth_model:  # checked before any work: a wrong folder fails in one line, at once
-    try:
-      estimator = poses.PoseEstimator.load(FLAGS.depth_model, process_res=FLAGS.process_res)
-    except (model_dir.ModelDirError, ValueError) as e:
-      print(f"error: --depth_model {FLAGS.depth_model}: {e}", file=sys.stderr)
-      return 2
-  workdir = os.path.abspath(FLAGS.workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with config.unlocked():
-    config.data.cache_dir = os.path.join(workdir, "data")
+
+def load_shipped(path, recipe: dict):
+  """The shipped (model, codec, info), once its SHA-256 matches and it was made by ``recipe``
+  (the current configs/demo.py); ``export.BundleError`` naming the fix otherwise."""
+  model, codec, info = export.load_bundle(path)
+  made_by = flatten_recipe(info.get("recipe", {}))
+  current = flatten_recipe(recipe)
+  differ = sorted(k for k in set(made_by) | set(current) if made_by.get(k) != current.get(k))
+  if differ:
+    raise export.BundleError(
+        f"{path} was made by another recipe than the current config (differs in "
+        f"{', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''}); remake it with python -m "
+        f"postcam_jax.demo --train")
+  return model, codec, info
+
+
+def flatten_recipe(recipe: dict) -> dict:
+  return {"/".join(k): v for k, v in traverse_util.flatten_dict(recipe).items()}
+
+
+def train_recipe(config, workdir, recipe: dict):
+  """Steps 1-2 from scratch; writes the checkpoint (``--checkpoint``) and returns (model, codec,
+  info) as ``load_shipped`` would."""
   t0 = time.time()
   print(f"[1/4] data and the stand-in backbone ({FLAGS.backbone_steps} steps) in {workdir}",
         flush=True)
@@ -282,9 +316,48 @@ def main(argv):
   print(f"[2/4] training PostCam's trainable set, stages {tuple(config.stage_steps)}",
         flush=True)
   result = training.train_and_evaluate(config, os.path.join(workdir, "train"))
-  t_train = time.time() - t0
-  model = result.model
   codec = train_data.stand_in_codec(config.data)
+  info = {"command": "python -m postcam_jax.demo --train", "seed": config.seed,
+          "backbone_steps": FLAGS.backbone_steps, "recipe": recipe,
+          "train_seconds": round(time.time() - t0), "machine": machine(),
+          "made": datetime.date.today().isoformat(), "jax": jax.__version__,
+          "metrics": {k: float(v) for k, v in result.metrics.items()}}
+  digest = export.save_bundle(FLAGS.checkpoint, result.model, codec, info)
+  print(f"wrote {FLAGS.checkpoint} (SHA-256 {digest}) and {export.sidecar(FLAGS.checkpoint)}",
+        flush=True)
+  return result.model, codec, dict(info, sha256=digest)
+
+
+def main(argv):
+  del argv
+
+  config = FLAGS.config
+  recipe = json.loads(config.to_json(sort_keys=True))
+  recipe["backbone_steps"] = FLAGS.backbone_steps
+  estimator = None
+  if FLAGS.depth_model:  # checked before any work: a wrong folder fails in one line, at once
+    try:
+      estimator = poses.PoseEstimator.load(FLAGS.depth_model, process_res=FLAGS.process_res)
+    except (model_dir.ModelDirError, ValueError) as e:
+      print(f"error: --depth_model {FLAGS.depth_model}: {e}", file=sys.stderr)
+      return 2
+  if not FLAGS.train:  # the checksum too, before any work
+    try:
+      model, codec, info = load_shipped(FLAGS.checkpoint, recipe)
+    except export.BundleError as e:
+      print(f"error: --checkpoint {e}", file=sys.stderr)
+      return 2
+  workdir = os.path.abspath(FLAGS.workdir)
+  os.makedirs(workdir, exist_ok=True)
+  with config.unlocked():
+    config.data.cache_dir = os.path.join(workdir, "data")
+  t0 = time.time()
+  if FLAGS.train:
+    model, codec, info = train_recipe(config, workdir, recipe)
+  else:
+    print(f"[1-2/4] the recipe's trained model: {FLAGS.checkpoint} (SHA-256 checked; made by "
+          f"`{info['command']}`, seed {info['seed']}, in {info['train_seconds'] / 60:.0f} min on "
+          f"{info['machine']}, {info['made']})", flush=True)
 
   print(f"[3/4] sampling {FLAGS.num_pairs} held-out pair(s) of an unseen scene", flush=True)
   examples = held_out_pairs(config, workdir, codec, FLAGS.num_pairs)
@@ -331,19 +404,22 @@ def main(argv):
   print("\n".join(results_table(rows, mean)))
   verdict = "beats" if mean["pred_psnr"] > mean["copy_source_psnr"] else "does NOT beat"
   effect = mean["pred_psnr"] - mean["no_condition_psnr"]
+  made = "this run" if FLAGS.train else "when the checkpoint was made"
   print(f"The prediction {verdict} copying the source "
         f"({mean['pred_psnr'] - mean['copy_source_psnr']:+.2f} dB). What the camera and the render "
-        f"add over the same model and noise without them: {effect:+.2f} dB"
-        + (" (small: at this CPU training budget the conditions add little; "
-           "docs/experiments.md)" if effect < 2.0 else "")
-        + (f". Final train loss {result.metrics['train/loss']:.4f}" if "train/loss" in
-           result.metrics else ". Training was already complete in the workdir")
-        + f"; training {t_train:.0f} s, total {time.time() - t0:.0f} s.")
+        f"add over the same model and noise without them: {effect:+.2f} dB PSNR, "
+        f"{mean['pred_ssim'] - mean['no_condition_ssim']:+.3f} SSIM"
+        + (" (under 2 dB: without them this model's samples are a blur of mean colours, which "
+           "PSNR scores near the mean image; docs/experiments.md)" if effect < 2.0 else "")
+        + (f". Final train loss {info['metrics']['train/loss']:.4f}" if "train/loss" in
+           info["metrics"] else "")
+        + f"; training {info['train_seconds']} s ({made}), this run {time.time() - t0:.0f} s.")
   print(mean_image_line(mean))
   cell_mean = cell_summary(cells)
   print(cell_line(cell_mean))
   results = {"pairs": rows, "mean": mean, "cells": cell_mean, "condition_effect_db": effect,
-             "train_seconds": t_train, "total_seconds": time.time() - t0}
+             "train_seconds": info["train_seconds"], "total_seconds": time.time() - t0,
+             "checkpoint_sha256": info["sha256"]}
   if estimator is None:
     print("Camera accuracy: not measured (give --depth_model, a converted Depth Anything 3 "
           "folder, to print RotErr / TransErr / CamMC of each video's estimated path).")

@@ -1,0 +1,124 @@
+"""The demo's shipped checkpoint (issue 23): one checksummed file (model + codec) made by
+``python -m postcam_jax.demo --train``, checked before use, refused in one line when altered or
+made by another recipe, and what ``make demo`` samples with."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import demo as demo_config
+from postcam_jax import demo, training
+from postcam_jax.data import codec as codec_lib
+from postcam_jax.io import model_dir
+from postcam_jax.models.postcam import PostCamModel
+from postcam_jax.training import export
+
+SHIPPED = os.path.join(os.path.dirname(demo.__file__), "assets", "demo_postcam.safetensors")
+
+
+def _recipe():
+  recipe = json.loads(demo_config.get_config().to_json(sort_keys=True))
+  recipe["backbone_steps"] = demo.FLAGS["backbone_steps"].default
+  return recipe
+
+
+def _tiny_bundle(path):
+  config = demo_config.get_config()
+  model = PostCamModel(training.model_config(config), rngs=nnx.Rngs(3))
+  # A trained model's projector is not zero: make every parameter matter to the comparison.
+  _, params, _ = nnx.split(model, nnx.Param, ...)
+  rng = np.random.default_rng(0)
+  nnx.update(model, jax.tree.map(lambda p: p + 0.01 * rng.standard_normal(p.shape, np.float32),
+                                 params))
+  videos = [np.random.default_rng(i).uniform(-1, 1, (9, 16, 24, 3)).astype(np.float32)
+            for i in range(2)]
+  codec = codec_lib.PCACodec.fit(videos, channels=16)
+  info = {"command": "test", "seed": 3, "recipe": {"a": 1}, "train_seconds": 1,
+          "machine": "test", "made": "today", "metrics": {"train/loss": 0.5}}
+  digest = export.save_bundle(str(path), model, codec, info)
+  return model, codec, info, digest
+
+
+def test_bundle_round_trip_is_exact_and_checked(tmp_path):
+  path = tmp_path / "m.safetensors"
+  model, codec, info, digest = _tiny_bundle(path)
+  assert digest == export.sha256_of(str(path))
+  loaded, loaded_codec, loaded_info = export.load_bundle(str(path))
+  want, got = model_dir.to_numpy_flat(model), model_dir.to_numpy_flat(loaded)
+  assert set(want) == set(got) and all(np.array_equal(want[k], got[k]) for k in want)
+  for k, v in codec.state().items():
+    assert np.array_equal(v, loaded_codec.state()[k])
+  assert loaded_info == dict(info, sha256=digest)
+  # The same outputs, so the demo samples exactly what --train made.
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 3, 8, 12, 16)), jnp.float32)
+  ctx = jnp.asarray(np.random.default_rng(2).standard_normal((1, 16, model.cfg.text_dim)),
+                    jnp.float32)
+  cam = jnp.asarray(np.random.default_rng(3).standard_normal((1, 11, 12)), jnp.float32)
+  args = (x, jnp.array([700.0]), ctx, x[:, ::-1], cam, x * 0.5)
+  assert np.array_equal(np.asarray(model(*args)), np.asarray(loaded(*args)))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_an_altered_or_missing_bundle_is_refused(tmp_path, damage):
+  path = tmp_path / "m.safetensors"
+  _tiny_bundle(path)
+  raw = path.read_bytes()
+  if damage == "flip":
+    path.write_bytes(raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:])
+  elif damage == "truncate":
+    path.write_bytes(raw[:len(raw) // 2])
+  else:
+    path.unlink()
+  with pytest.raises(export.BundleError, match="--train"):
+    export.load_bundle(str(path))
+
+
+def test_the_shipped_checkpoint_matches_its_checksum_and_the_recipe():
+  info = export.verify(SHIPPED)
+  assert info["command"] == "python -m postcam_jax.demo --train"
+  assert os.path.getsize(SHIPPED) < 8 * 2 ** 20  # a few MB
+  model, codec, _ = demo.load_shipped(SHIPPED, _recipe())
+  assert model.cfg.patch_size == tuple(demo_config.get_config().model.patch_size)
+  assert codec.channels == model.cfg.in_dim
+  other = _recipe()
+  other["optim"]["lr"] = 1.0
+  with pytest.raises(export.BundleError, match="optim/lr.*--train"):
+    demo.load_shipped(SHIPPED, other)
+
+
+def test_make_demo_samples_with_the_shipped_checkpoint(tmp_path):
+  workdir = tmp_path / "out"
+  done = subprocess.run([sys.executable, "-m", "postcam_jax.demo", "--workdir", str(workdir),
+                         "--num_pairs", "1", "--sample_steps", "2"], capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode in (0, 1), done.stderr[-3000:]  # 1: does not beat copy-source
+  assert "SHA-256 checked" in done.stdout and "[4/4]" in done.stdout
+  results = json.loads((workdir / "demo_results.json").read_text())
+  assert results["checkpoint_sha256"] == export.read_info(SHIPPED)["sha256"]
+  assert not (workdir / "train").exists()  # nothing trained
+  sheets = [f for f in os.listdir(workdir / "samples") if f.endswith("_contact_sheet.png")]
+  assert len(sheets) == 1
+
+
+def test_an_altered_checkpoint_fails_at_once_in_one_line(tmp_path):
+  path = tmp_path / "demo_postcam.safetensors"
+  shutil.copy(SHIPPED, path)
+  shutil.copy(export.sidecar(SHIPPED), export.sidecar(str(path)))
+  raw = bytearray(path.read_bytes())
+  raw[-100] ^= 0xFF
+  path.write_bytes(bytes(raw))
+  workdir = tmp_path / "out"
+  done = subprocess.run([sys.executable, "-m", "postcam_jax.demo", "--workdir", str(workdir),
+                         "--checkpoint", str(path)], capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2
+  errors = [l for l in done.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "SHA-256" in errors[0] and "--train" in errors[0], done.stderr
+  assert not workdir.exists()  # nothing started
