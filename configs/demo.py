@@ -45,7 +45,7 @@ Measured on held-out pairs (25 Euler steps, docs/experiments.md, run e40): 14.91
 on the 8 pairs of the validation scenes, above the mean image (13.88), copy-source (11.17), the
 render alone (9.75 dB; not on SSIM, 0.481) and the same model without camera + render (12.93 dB:
 +1.98 dB, short of issue 23's 2 dB); on the demo's 4 pairs of an unseen scene 14.75 dB against
-13.39 without camera + render (+1.36 dB PSNR, +0.126 SSIM).
+13.39 without camera + render (+1.36 dB PSNR, +0.126 SSIM). Seeds 1 and 2: +2.66, +3.09 dB.
 """
 
 from configs import common

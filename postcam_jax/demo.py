@@ -1,7 +1,7 @@
 """``make demo``: PostCam's whole job in miniature, on 2 CPU cores in a few minutes.
 
   python -m postcam_jax.demo --workdir demo_out            # samples with the shipped checkpoint
-  python -m postcam_jax.demo --train --workdir demo_train  # remakes that checkpoint (~25 min)
+  python -m postcam_jax.demo --train --workdir demo_train  # remakes that checkpoint (~20 min)
 
 The repository ships the recipe's trained model (``configs/demo.py``, docs/experiments.md) as one
 checksummed file, ``postcam_jax/assets/demo_postcam.safetensors`` (model + stand-in codec; its
@@ -308,6 +308,8 @@ def train_recipe(config, workdir, recipe: dict):
   """Steps 1-2 from scratch; writes the checkpoint (``--checkpoint``) and returns (model, codec,
   info) as ``load_shipped`` would."""
   t0 = time.time()
+  # A rerun in a workdir with finished steps picks them up: its time is then not the recipe's.
+  resumed = os.path.isdir(os.path.join(workdir, "postcam_init"))
   print(f"[1/4] data and the stand-in backbone ({FLAGS.backbone_steps} steps) in {workdir}",
         flush=True)
   backbone = pretrain_backbone(config, workdir, FLAGS.backbone_steps)
@@ -319,7 +321,8 @@ def train_recipe(config, workdir, recipe: dict):
   codec = train_data.stand_in_codec(config.data)
   info = {"command": "python -m postcam_jax.demo --train", "seed": config.seed,
           "backbone_steps": FLAGS.backbone_steps, "recipe": recipe,
-          "train_seconds": round(time.time() - t0), "machine": machine(),
+          "train_seconds": round(time.time() - t0), "resumed_in_workdir": resumed,
+          "machine": machine(),
           "made": datetime.date.today().isoformat(), "jax": jax.__version__,
           "metrics": {k: float(v) for k, v in result.metrics.items()}}
   digest = export.save_bundle(FLAGS.checkpoint, result.model, codec, info)
