@@ -300,6 +300,12 @@ def load_shipped(path, recipe: dict):
   return model, codec, info
 
 
+def recipe_of(config, backbone_steps: int) -> dict:
+  """What the checkpoint records and ``make demo`` compares: every config value (before run-time
+  paths are set) and the backbone's steps."""
+  return dict(json.loads(config.to_json(sort_keys=True)), backbone_steps=backbone_steps)
+
+
 def flatten_recipe(recipe: dict) -> dict:
   return {"/".join(k): v for k, v in traverse_util.flatten_dict(recipe).items()}
 
@@ -335,8 +341,7 @@ def main(argv):
   del argv
 
   config = FLAGS.config
-  recipe = json.loads(config.to_json(sort_keys=True))
-  recipe["backbone_steps"] = FLAGS.backbone_steps
+  recipe = recipe_of(config, FLAGS.backbone_steps)
   estimator = None
   if FLAGS.depth_model:  # checked before any work: a wrong folder fails in one line, at once
     try:

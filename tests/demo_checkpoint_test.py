@@ -25,9 +25,7 @@ SHIPPED = os.path.join(os.path.dirname(demo.__file__), "assets", "demo_postcam.s
 
 
 def _recipe():
-  recipe = json.loads(demo_config.get_config().to_json(sort_keys=True))
-  recipe["backbone_steps"] = demo.FLAGS["backbone_steps"].default
-  return recipe
+  return demo.recipe_of(demo_config.get_config(), demo.FLAGS["backbone_steps"].default)
 
 
 def _tiny_bundle(path):
@@ -66,7 +64,7 @@ def test_bundle_round_trip_is_exact_and_checked(tmp_path):
   assert np.array_equal(np.asarray(model(*args)), np.asarray(loaded(*args)))
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "no_sidecar", "bad_sidecar"])
 def test_an_altered_or_missing_bundle_is_refused(tmp_path, damage):
   path = tmp_path / "m.safetensors"
   _tiny_bundle(path)
@@ -75,8 +73,13 @@ def test_an_altered_or_missing_bundle_is_refused(tmp_path, damage):
     path.write_bytes(raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:])
   elif damage == "truncate":
     path.write_bytes(raw[:len(raw) // 2])
-  else:
+  elif damage == "delete":
     path.unlink()
+  elif damage == "no_sidecar":
+    os.remove(export.sidecar(str(path)))
+  else:
+    with open(export.sidecar(str(path)), "w") as f:
+      f.write("{not json")
   with pytest.raises(export.BundleError, match="--train"):
     export.load_bundle(str(path))
 
