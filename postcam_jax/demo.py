@@ -1,7 +1,7 @@
 """``make demo``: PostCam's whole job in miniature, on 2 CPU cores in a few minutes.
 
   python -m postcam_jax.demo --workdir demo_out            # samples with the shipped checkpoint
-  python -m postcam_jax.demo --train --workdir demo_train  # remakes that checkpoint (~20 min)
+  python -m postcam_jax.demo --train --workdir demo_train  # remakes that checkpoint (~46 min)
 
 The repository ships the recipe's trained model (``configs/demo.py``, docs/experiments.md) as one
 checksummed file, ``postcam_jax/assets/demo_postcam.safetensors`` (model + stand-in codec; its
@@ -71,7 +71,8 @@ flags.DEFINE_string("checkpoint", os.path.join(os.path.dirname(os.path.abspath(_
                     "the recipe's trained model + codec (checked against the SHA-256 in the .json "
                     "beside it); written by --train")
 flags.DEFINE_integer("sample_steps", 25, "Euler steps of the sampler")
-flags.DEFINE_integer("num_pairs", 4, "held-out pairs to sample and score")
+flags.DEFINE_integer("num_pairs", 12, "held-out pairs to sample and score (12: every ordered "
+                     "camera pair of the unseen scene)")
 flags.DEFINE_integer("backbone_steps", 3000, "steps of the stand-in backbone's pretraining")
 flags.DEFINE_string("depth_model", "", "a converted Depth Anything 3 folder (tools/"
                     "convert_weights.py da3): also print the camera accuracy of each video's "

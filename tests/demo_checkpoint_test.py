@@ -97,18 +97,27 @@ def test_the_shipped_checkpoint_matches_its_checksum_and_the_recipe():
     demo.load_shipped(SHIPPED, other)
 
 
-def test_make_demo_samples_with_the_shipped_checkpoint(tmp_path):
+def test_make_demo_samples_with_the_shipped_checkpoint_and_meets_issue_23s_target(tmp_path):
+  # make demo's own flags: the 12 pairs of the unseen scene, 25 Euler steps (~20 s).
   workdir = tmp_path / "out"
-  done = subprocess.run([sys.executable, "-m", "postcam_jax.demo", "--workdir", str(workdir),
-                         "--num_pairs", "1", "--sample_steps", "2"], capture_output=True,
-                        text=True, timeout=600)
-  assert done.returncode in (0, 1), done.stderr[-3000:]  # 1: does not beat copy-source
+  done = subprocess.run([sys.executable, "-m", "postcam_jax.demo", "--workdir", str(workdir)],
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
   assert "SHA-256 checked" in done.stdout and "[4/4]" in done.stdout
   results = json.loads((workdir / "demo_results.json").read_text())
   assert results["checkpoint_sha256"] == export.read_info(SHIPPED)["sha256"]
   assert not (workdir / "train").exists()  # nothing trained
   sheets = [f for f in os.listdir(workdir / "samples") if f.endswith("_contact_sheet.png")]
-  assert len(sheets) == 1
+  assert len(sheets) == len(results["pairs"]) == 12
+  # Issue 23: the camera + render add at least 2 dB over the same model and noise without them,
+  # and the prediction beats every baseline on PSNR (on SSIM all but the render, whose covered
+  # pixels are sharper than the stand-in codec can output: docs/experiments.md).
+  mean = results["mean"]
+  assert results["condition_effect_db"] >= 2.0
+  for baseline in ("no_condition", "render", "copy_source", "mean_image"):
+    assert mean["pred_psnr"] > mean[f"{baseline}_psnr"], baseline
+  for baseline in ("no_condition", "copy_source", "mean_image"):
+    assert mean["pred_ssim"] > mean[f"{baseline}_ssim"], baseline
 
 
 def test_an_altered_checkpoint_fails_at_once_in_one_line(tmp_path):

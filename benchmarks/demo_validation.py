@@ -1,0 +1,88 @@
+"""Scores a demo checkpoint on every held-out pair of its recipe's validation scenes.
+
+  python benchmarks/demo_validation.py [--checkpoint postcam_jax/assets/demo_postcam.safetensors]
+                                       [--pairs 0] [--sample_steps 25]
+
+``make demo`` scores 12 pairs of one unseen scene; this scores the validation scenes the trainer
+evaluates on (``data.num_eval_scenes`` scenes, all ordered camera pairs: 24 for the recipe), made
+from the recipe recorded in the checkpoint's sidecar, so a checkpoint of another recipe is scored
+on its own data. Every pair is sampled twice with the same noise (25 Euler steps), with and
+without camera + render, and scored like the demo: PSNR / SSIM against the true target of the
+prediction, the same model without camera + render, the render alone, copy-the-source, the mean
+image and the codec ceiling. The last line is issue 23's measure: what camera + render add (dB),
+with its standard error over pairs. The numbers of docs/experiments.md come from this command.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+
+from postcam_jax import demo  # noqa: E402
+from postcam_jax.inference import sampling  # noqa: E402
+from postcam_jax.training import data as train_data  # noqa: E402
+from postcam_jax.training import export  # noqa: E402
+
+
+def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_dir: str):
+  """Rows of ``demo.score_pair`` (one per pair) for ``checkpoint``'s validation pairs."""
+  model, codec, info = export.load_bundle(checkpoint)
+  data = ml_collections.ConfigDict(info["recipe"]["data"])
+  data.cache_dir = cache_dir
+  pixels = train_data.pixel_examples(data, "eval")
+  latents = train_data.synthetic_examples(data, "eval")
+  chosen = range(len(pixels)) if num_pairs <= 0 else range(min(num_pairs, len(pixels)))
+  batch = lambda key: jnp.asarray(np.stack([latents[i][key] for i in chosen]), jnp.float32)
+  common = dict(noise=sampling.make_noise(0, batch("target_latent").shape),
+                source_latents=batch("source_latent"), context=batch("text_embedding"),
+                negative_context=jnp.zeros_like(batch("text_embedding")),
+                num_steps=sample_steps, guidance_scale=1.0)
+  pred = np.asarray(sampling.sample_latents(
+      model, camera=batch("camera"), render_latents=batch("render_latent"), **common))
+  blind = np.asarray(sampling.sample_latents(
+      model, camera=jnp.zeros_like(batch("camera")), render_latents=None, **common))
+  scale = train_data.render_scale(data)
+  rows = []
+  for j, i in enumerate(chosen):
+    pixel = pixels[i]
+    f = {k: pixel[k].astype(np.float32) / 127.5 - 1.0 for k in ("source_video", "target_video")}
+    rendered = train_data.release_render(dict(pixel, **f), scale=scale)
+    rows.append(demo.score_pair(
+        f"{i:02d}", target=f["target_video"], pred=codec.decode(pred[j]),
+        no_condition=codec.decode(blind[j]),
+        render=np.repeat(np.repeat(rendered, scale, axis=1), scale, axis=2),
+        copy_source=f["source_video"], mean_image=codec.decode(np.zeros_like(pred[j])),
+        codec_ceiling=codec.decode(latents[i]["target_latent"])))
+  return rows
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--checkpoint", default=os.path.join(
+      _REPO, "postcam_jax", "assets", "demo_postcam.safetensors"))
+  parser.add_argument("--pairs", type=int, default=0, help="first N pairs; 0: all")
+  parser.add_argument("--sample_steps", type=int, default=25)
+  args = parser.parse_args()
+  try:
+    with tempfile.TemporaryDirectory() as cache_dir:
+      rows = score_validation(args.checkpoint, args.pairs, args.sample_steps, cache_dir)
+  except export.BundleError as e:
+    sys.exit(f"error: --checkpoint {e}")
+  mean = demo.mean_scores(rows)
+  print("\n".join(demo.results_table(rows, mean)))
+  gaps = np.array([r["pred_psnr"] - r["no_condition_psnr"] for r in rows])
+  se = gaps.std(ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
+  print(f"camera + render add {gaps.mean():+.2f} dB PSNR (standard error {se:.2f} over "
+        f"{len(gaps)} pairs; {int((gaps > 0).sum())} pairs gain), "
+        f"{mean['pred_ssim'] - mean['no_condition_ssim']:+.3f} SSIM")
+
+
+if __name__ == "__main__":
+  main()
