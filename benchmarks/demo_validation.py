@@ -1,13 +1,14 @@
 """Scores a demo checkpoint on every held-out pair of its recipe's validation scenes.
 
   python benchmarks/demo_validation.py [--checkpoint postcam_jax/assets/demo_postcam.safetensors]
-                                       [--pairs 0] [--sample_steps 25]
+                                       [--pairs 0] [--sample_steps 25] [--draws 1]
 
 ``make demo`` scores 12 pairs of one unseen scene; this scores the validation scenes the trainer
 evaluates on (``data.num_eval_scenes`` scenes, all ordered camera pairs: 24 for the recipe), made
 from the recipe recorded in the checkpoint's sidecar, so a checkpoint of another recipe is scored
 on its own data. Every pair is sampled twice with the same noise (25 Euler steps), with and
-without camera + render, and scored like the demo: PSNR / SSIM against the true target of the
+without camera + render (``--draws``: several noises per pair, scores
+averaged), and scored like the demo: PSNR / SSIM against the true target of the
 prediction, the same model without camera + render, the render alone, copy-the-source, the mean
 image and the codec ceiling. The last line is issue 23's measure: what camera + render add (dB),
 with its standard error over pairs. The numbers of docs/experiments.md come from this command.
@@ -31,8 +32,10 @@ from postcam_jax.training import data as train_data  # noqa: E402
 from postcam_jax.training import export  # noqa: E402
 
 
-def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_dir: str):
-  """Rows of ``demo.score_pair`` (one per pair) for ``checkpoint``'s validation pairs."""
+def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_dir: str,
+                     draws: int = 1):
+  """Rows of ``demo.score_pair`` (one per pair) for ``checkpoint``'s validation pairs; with
+  ``draws`` > 1 each pair is sampled with that many noises and its scores averaged."""
   model, codec, info = export.load_bundle(checkpoint)
   data = ml_collections.ConfigDict(info["recipe"]["data"])
   data.cache_dir = cache_dir
@@ -40,26 +43,32 @@ def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_d
   latents = train_data.synthetic_examples(data, "eval")
   chosen = range(len(pixels)) if num_pairs <= 0 else range(min(num_pairs, len(pixels)))
   batch = lambda key: jnp.asarray(np.stack([latents[i][key] for i in chosen]), jnp.float32)
-  common = dict(noise=sampling.make_noise(0, batch("target_latent").shape),
-                source_latents=batch("source_latent"), context=batch("text_embedding"),
+  common = dict(source_latents=batch("source_latent"), context=batch("text_embedding"),
                 negative_context=jnp.zeros_like(batch("text_embedding")),
                 num_steps=sample_steps, guidance_scale=1.0)
-  pred = np.asarray(sampling.sample_latents(
-      model, camera=batch("camera"), render_latents=batch("render_latent"), **common))
-  blind = np.asarray(sampling.sample_latents(
-      model, camera=jnp.zeros_like(batch("camera")), render_latents=None, **common))
   scale = train_data.render_scale(data)
-  rows = []
-  for j, i in enumerate(chosen):
-    pixel = pixels[i]
-    f = {k: pixel[k].astype(np.float32) / 127.5 - 1.0 for k in ("source_video", "target_video")}
-    rendered = train_data.release_render(dict(pixel, **f), scale=scale)
-    rows.append(demo.score_pair(
-        f"{i:02d}", target=f["target_video"], pred=codec.decode(pred[j]),
-        no_condition=codec.decode(blind[j]),
-        render=np.repeat(np.repeat(rendered, scale, axis=1), scale, axis=2),
-        copy_source=f["source_video"], mean_image=codec.decode(np.zeros_like(pred[j])),
-        codec_ceiling=codec.decode(latents[i]["target_latent"])))
+  per_draw = []
+  for draw in range(draws):
+    noise = sampling.make_noise(draw, batch("target_latent").shape)
+    pred = np.asarray(sampling.sample_latents(
+        model, noise=noise, camera=batch("camera"), render_latents=batch("render_latent"),
+        **common))
+    blind = np.asarray(sampling.sample_latents(
+        model, noise=noise, camera=jnp.zeros_like(batch("camera")), render_latents=None,
+        **common))
+    rows = []
+    for j, i in enumerate(chosen):
+      pixel = pixels[i]
+      f = {k: pixel[k].astype(np.float32) / 127.5 - 1.0 for k in ("source_video", "target_video")}
+      rendered = train_data.release_render(dict(pixel, **f), scale=scale)
+      rows.append(demo.score_pair(
+          f"{i:02d}", target=f["target_video"], pred=codec.decode(pred[j]),
+          no_condition=codec.decode(blind[j]),
+          render=np.repeat(np.repeat(rendered, scale, axis=1), scale, axis=2),
+          copy_source=f["source_video"], mean_image=codec.decode(np.zeros_like(pred[j])),
+          codec_ceiling=codec.decode(latents[i]["target_latent"])))
+    per_draw.append(rows)
+  rows = [dict(demo.mean_scores(list(same)), pair=same[0]["pair"]) for same in zip(*per_draw)]
   return rows
 
 
@@ -69,10 +78,13 @@ def main():
       _REPO, "postcam_jax", "assets", "demo_postcam.safetensors"))
   parser.add_argument("--pairs", type=int, default=0, help="first N pairs; 0: all")
   parser.add_argument("--sample_steps", type=int, default=25)
+  parser.add_argument("--draws", type=int, default=1,
+                      help="noises per pair (scores averaged): the gap of one draw is noisy")
   args = parser.parse_args()
   try:
     with tempfile.TemporaryDirectory() as cache_dir:
-      rows = score_validation(args.checkpoint, args.pairs, args.sample_steps, cache_dir)
+      rows = score_validation(args.checkpoint, args.pairs, args.sample_steps, cache_dir,
+                              args.draws)
   except export.BundleError as e:
     sys.exit(f"error: --checkpoint {e}")
   mean = demo.mean_scores(rows)
@@ -80,7 +92,7 @@ def main():
   gaps = np.array([r["pred_psnr"] - r["no_condition_psnr"] for r in rows])
   se = gaps.std(ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
   print(f"camera + render add {gaps.mean():+.2f} dB PSNR (standard error {se:.2f} over "
-        f"{len(gaps)} pairs; {int((gaps > 0).sum())} pairs gain), "
+        f"{len(gaps)} pairs x {args.draws} noise draw(s); {int((gaps > 0).sum())} pairs gain), "
         f"{mean['pred_ssim'] - mean['no_condition_ssim']:+.3f} SSIM")
 
 
