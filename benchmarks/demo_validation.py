@@ -37,6 +37,9 @@ def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_d
   """Rows of ``demo.score_pair`` (one per pair) for ``checkpoint``'s validation pairs; with
   ``draws`` > 1 each pair is sampled with that many noises and its scores averaged."""
   model, codec, info = export.load_bundle(checkpoint)
+  if not isinstance(info.get("recipe"), dict) or "data" not in info["recipe"]:
+    raise export.BundleError(f"{export.sidecar(checkpoint)} records no recipe data (not made by "
+                             f"python -m postcam_jax.demo --train)")
   data = ml_collections.ConfigDict(info["recipe"]["data"])
   data.cache_dir = cache_dir
   pixels = train_data.pixel_examples(data, "eval")
@@ -46,7 +49,7 @@ def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_d
   common = dict(source_latents=batch("source_latent"), context=batch("text_embedding"),
                 negative_context=jnp.zeros_like(batch("text_embedding")),
                 num_steps=sample_steps, guidance_scale=1.0)
-  scale = train_data.render_scale(data)
+  videos = [demo.pair_videos(pixels[i], data) for i in chosen]
   per_draw = []
   for draw in range(draws):
     noise = sampling.make_noise(draw, batch("target_latent").shape)
@@ -58,14 +61,10 @@ def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_d
         **common))
     rows = []
     for j, i in enumerate(chosen):
-      pixel = pixels[i]
-      f = {k: pixel[k].astype(np.float32) / 127.5 - 1.0 for k in ("source_video", "target_video")}
-      rendered = train_data.release_render(dict(pixel, **f), scale=scale)
       rows.append(demo.score_pair(
-          f"{i:02d}", target=f["target_video"], pred=codec.decode(pred[j]),
-          no_condition=codec.decode(blind[j]),
-          render=np.repeat(np.repeat(rendered, scale, axis=1), scale, axis=2),
-          copy_source=f["source_video"], mean_image=codec.decode(np.zeros_like(pred[j])),
+          f"{i:02d}", target=videos[j]["target"], pred=codec.decode(pred[j]),
+          no_condition=codec.decode(blind[j]), render=videos[j]["render"],
+          copy_source=videos[j]["source"], mean_image=codec.decode(np.zeros_like(pred[j])),
           codec_ceiling=codec.decode(latents[i]["target_latent"])))
     per_draw.append(rows)
   rows = [dict(demo.mean_scores(list(same)), pair=same[0]["pair"]) for same in zip(*per_draw)]
@@ -81,6 +80,8 @@ def main():
   parser.add_argument("--draws", type=int, default=1,
                       help="noises per pair (scores averaged): the gap of one draw is noisy")
   args = parser.parse_args()
+  if args.draws < 1 or args.sample_steps < 1:
+    parser.error("--draws and --sample_steps must be at least 1")
   try:
     with tempfile.TemporaryDirectory() as cache_dir:
       rows = score_validation(args.checkpoint, args.pairs, args.sample_steps, cache_dir,

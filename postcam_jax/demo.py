@@ -82,6 +82,17 @@ config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "demo.p
                                 "the demo's training config", lock_config=True)
 
 
+def pair_videos(pixel: dict, data) -> dict:
+  """A pixel example's ``source`` and ``target`` videos in [-1, 1], the release's render of the
+  source as the model gets it (``render_input``, at ``data.render_scale``), that render at the
+  video's size (``render``, the baseline scored) and its ``holes`` [T, H, W]."""
+  f = {k: pixel[k].astype(np.float32) / 127.5 - 1.0 for k in ("source_video", "target_video")}
+  scale = train_data.render_scale(data)
+  rendered, holes = train_data.release_render(dict(pixel, **f), scale=scale, with_holes=True)
+  return {"source": f["source_video"], "target": f["target_video"], "render_input": rendered,
+          "render": np.repeat(np.repeat(rendered, scale, axis=1), scale, axis=2), "holes": holes}
+
+
 def held_out_pairs(config, workdir, codec, num_pairs):
   """Pixel and latent examples of pairs from scenes the model never saw."""
   data = config.data
@@ -99,17 +110,12 @@ def held_out_pairs(config, workdir, codec, num_pairs):
   out = []
   for pair in chosen:
     pixel = arrayrecord.make_pixel_example(scenes[pair.scene], pair, pc)
-    f = {k: pixel[k].astype(np.float32) / 127.5 - 1.0 for k in ("source_video", "target_video")}
-    scale = train_data.render_scale(data)
-    rendered, holes = train_data.release_render(dict(pixel, **f), scale=scale, with_holes=True)
+    videos = pair_videos(pixel, data)
     out.append({
-        "name": f"{pair.scene}_{pair.source}_to_{pair.target}", "source": f["source_video"],
-        "target": f["target_video"],
-        "render": np.repeat(np.repeat(rendered, scale, axis=1), scale, axis=2),  # at video size
-        "holes": holes,
-        "source_latent": codec.encode(f["source_video"]),
-        "render_latent": codec.encode(rendered),
-        "target_latent": codec.encode(f["target_video"]),
+        "name": f"{pair.scene}_{pair.source}_to_{pair.target}", **videos,
+        "source_latent": codec.encode(videos["source"]),
+        "render_latent": codec.encode(videos["render_input"]),
+        "target_latent": codec.encode(videos["target"]),
         "context": text(pixel["caption"]), "camera": np.asarray(pixel["camera"], np.float32),
         "target_w2c": np.asarray(pixel["target_w2c"], np.float64)})
   return out

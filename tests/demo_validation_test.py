@@ -1,0 +1,62 @@
+"""benchmarks/demo_validation.py: a demo checkpoint scored on every validation pair of the recipe
+it records (docs/experiments.md's held-out numbers), several noises per pair averaged."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+from flax import nnx
+
+from configs import demo as demo_config
+from postcam_jax import demo, training
+from postcam_jax.models.postcam import PostCamModel
+from postcam_jax.training import data as train_data
+from postcam_jax.training import export
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "benchmarks", "demo_validation.py")
+_spec = importlib.util.spec_from_file_location("demo_validation", SCRIPT)
+demo_validation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo_validation)
+
+
+def _small_checkpoint(tmp_path):
+  """A random model of the demo's architecture on a small recipe (1 + 1 scenes of 2 cameras at
+  32x48): what the benchmark reads is the recipe the sidecar records."""
+  config = demo_config.get_config()
+  with config.unlocked():
+    config.data.update(num_scenes=1, num_eval_scenes=1, num_cameras=2, height=32, width=48,
+                       cache_dir=str(tmp_path / "fit"))
+  recipe = demo.recipe_of(config, 0)
+  model = PostCamModel(training.model_config(config), rngs=nnx.Rngs(0))
+  path = str(tmp_path / "small.safetensors")
+  export.save_bundle(path, model, train_data.stand_in_codec(config.data),
+                     {"command": "test", "seed": 0, "recipe": recipe, "train_seconds": 0,
+                      "machine": "test", "made": "today", "metrics": {}})
+  return path
+
+
+def test_scores_every_validation_pair_and_averages_noise_draws(tmp_path):
+  path = _small_checkpoint(tmp_path)
+  one = demo_validation.score_validation(path, 0, 2, str(tmp_path / "a"))
+  two = demo_validation.score_validation(path, 0, 2, str(tmp_path / "b"), draws=2)
+  assert [r["pair"] for r in one] == [r["pair"] for r in two] == ["00", "01"]  # 2 ordered pairs
+  for a, b in zip(one, two):
+    assert set(a) == {"pair"} | {f"{k}_{m}" for k, _ in demo.SCORED for m in ("psnr", "ssim")}
+    for key in ("render", "copy_source", "mean_image", "codec_ceiling"):  # no noise in these
+      assert a[f"{key}_psnr"] == b[f"{key}_psnr"], key
+    assert a["pred_psnr"] != b["pred_psnr"]  # the second noise's sample enters the average
+    # The latents are the recorded recipe's and the codec the checkpoint's: their decode is
+    # the target's best reconstruction, far above the flat mean image.
+    assert a["codec_ceiling_psnr"] > a["mean_image_psnr"] + 3.0
+
+
+def test_the_command_line_fails_in_one_line(tmp_path):
+  done = subprocess.run([sys.executable, SCRIPT, "--checkpoint", str(tmp_path / "none.st")],
+                        capture_output=True, text=True, timeout=300, cwd=REPO)
+  errors = [l for l in done.stderr.splitlines() if l.startswith("error:")]
+  assert done.returncode != 0 and len(errors) == 1 and "--train" in errors[0], done.stderr
+  done = subprocess.run([sys.executable, SCRIPT, "--draws", "0"], capture_output=True,
+                        text=True, timeout=300, cwd=REPO)
+  assert done.returncode == 2 and "--draws" in done.stderr.splitlines()[-1]
