@@ -2,6 +2,7 @@
 
   python benchmarks/demo_validation.py [--checkpoint postcam_jax/assets/demo_postcam.safetensors]
                                        [--pairs 0] [--sample_steps 25] [--draws 1]
+                                       [--scenes N --scene_seed S]
 
 ``make demo`` scores 12 pairs of one unseen scene; this scores the validation scenes the trainer
 evaluates on (``data.num_eval_scenes`` scenes, all ordered camera pairs: 24 for the recipe), made
@@ -12,6 +13,9 @@ averaged), and scored like the demo: PSNR / SSIM against the true target of the
 prediction, the same model without camera + render, the render alone, copy-the-source, the mean
 image and the codec ceiling. The last line is issue 23's measure: what camera + render add (dB),
 with its standard error over pairs. The numbers of docs/experiments.md come from this command.
+``--scenes N --scene_seed S`` scores other held-out scenes instead (N scenes from generator seed
+S, each encoded with the checkpoint's own codec): one set of scenes for checkpoints trained on
+different data seeds, so their gaps differ only by training, not by their validation scenes.
 """
 
 import argparse
@@ -32,16 +36,30 @@ from postcam_jax.training import data as train_data  # noqa: E402
 from postcam_jax.training import export  # noqa: E402
 
 
+class SceneSeedError(ValueError):
+  """A --scene_seed that would score the checkpoint's own training scenes."""
+
+
 def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_dir: str,
-                     draws: int = 1):
+                     draws: int = 1, scenes: int = 0, scene_seed: int | None = None):
   """Rows of ``demo.score_pair`` (one per pair) for ``checkpoint``'s validation pairs; with
-  ``draws`` > 1 each pair is sampled with that many noises and its scores averaged."""
+  ``draws`` > 1 each pair is sampled with that many noises and its scores averaged. ``scenes``
+  and ``scene_seed``: other held-out scenes (that many, from that generator seed) instead of the
+  recipe's, encoded with the checkpoint's own codec and captions."""
   model, codec, info = export.load_bundle(checkpoint)
   if not isinstance(info.get("recipe"), dict) or "data" not in info["recipe"]:
     raise export.BundleError(f"{export.sidecar(checkpoint)} records no recipe data (not made by "
                              f"python -m postcam_jax.demo --train)")
   data = ml_collections.ConfigDict(info["recipe"]["data"])
   data.cache_dir = cache_dir
+  if scenes:
+    data.num_eval_scenes = scenes
+  if scene_seed is not None:
+    data.eval_seed = scene_seed
+    try:
+      train_data.held_out_seed(data)  # not the training scenes'
+    except ValueError as e:
+      raise SceneSeedError(f"--scene_seed {scene_seed}: {e}") from None
   pixels = train_data.pixel_examples(data, "eval")
   latents = train_data.synthetic_examples(data, "eval")
   chosen = range(len(pixels)) if num_pairs <= 0 else range(min(num_pairs, len(pixels)))
@@ -79,15 +97,24 @@ def main():
   parser.add_argument("--sample_steps", type=int, default=25)
   parser.add_argument("--draws", type=int, default=1,
                       help="noises per pair (scores averaged): the gap of one draw is noisy")
+  parser.add_argument("--scenes", type=int, default=0,
+                      help="held-out scenes to score (all their ordered camera pairs); 0: the "
+                           "recipe's data.num_eval_scenes")
+  parser.add_argument("--scene_seed", type=int, default=None,
+                      help="generator seed of those scenes (default: the recipe's, data.seed + "
+                           "1000); one seed for checkpoints of several data seeds scores them "
+                           "on the same scenes")
   args = parser.parse_args()
-  if args.draws < 1 or args.sample_steps < 1:
-    parser.error("--draws and --sample_steps must be at least 1")
+  if args.draws < 1 or args.sample_steps < 1 or args.scenes < 0:
+    parser.error("--draws and --sample_steps must be at least 1, --scenes at least 0")
   try:
     with tempfile.TemporaryDirectory() as cache_dir:
       rows = score_validation(args.checkpoint, args.pairs, args.sample_steps, cache_dir,
-                              args.draws)
+                              args.draws, args.scenes, args.scene_seed)
   except export.BundleError as e:
     sys.exit(f"error: --checkpoint {e}")
+  except SceneSeedError as e:
+    sys.exit(f"error: {e}")
   mean = demo.mean_scores(rows)
   print("\n".join(demo.results_table(rows, mean)))
   gaps = np.array([r["pred_psnr"] - r["no_condition_psnr"] for r in rows])

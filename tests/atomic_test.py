@@ -81,6 +81,62 @@ def test_a_signal_removes_the_staging_and_publishes_nothing(tmp_path, kind, sig)
   assert os.listdir(tmp_path) == [], "staging or output left behind"
 
 
+class SignalInDel:
+  """Raises ``sig`` while Python finalises it: the handler's exception is raised inside
+  ``__del__``, where Python prints it ("Exception ignored") and goes on, as it does in a
+  garbage-collection callback (CI saw a Ctrl-C lost in JAX's that way)."""
+
+  def __init__(self, sig):
+    self.sig = sig
+
+  def __del__(self):
+    signal.raise_signal(self.sig)
+
+
+@pytest.mark.parametrize("kind", ["folder", "files", "file"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_whose_exception_python_dropped_still_stops_the_commit(tmp_path, monkeypatch,
+                                                                        kind, sig):
+  dropped = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
+  out = tmp_path / "out"
+  contexts = {"folder": lambda: atomic.AtomicDirectory(out),
+              "files": lambda: atomic.AtomicFiles(out), "file": lambda: atomic.atomic_file(out)}
+  expected = KeyboardInterrupt if sig == signal.SIGINT else atomic.Terminated
+  went_on = False
+  with pytest.raises(expected):
+    with contexts[kind]() as tmp:
+      with open(tmp if kind == "file" else os.path.join(tmp, "a.txt"), "w") as f:
+        f.write("whole, but stopped")
+      SignalInDel(sig)  # finalised at once (no reference kept)
+      went_on = True
+  assert went_on and dropped == [expected]  # the exception was dropped, the block went on
+  assert os.listdir(tmp_path) == [], "published or staging left behind"
+  with contexts[kind]() as tmp:  # the signal was answered: the next output commits
+    with open(tmp if kind == "file" else os.path.join(tmp, "a.txt"), "w") as f:
+      f.write("next")
+  assert os.path.exists(out)
+
+
+def test_a_signal_as_the_staging_appears_waits_for_its_registration(tmp_path, monkeypatch):
+  """Ctrl-C right after the staging folder is created (the sampler's signal test watches for
+  that folder) is raised once the folder is registered, so it is removed: the handler is in
+  place before the folder exists."""
+  mkdtemp = atomic.tempfile.mkdtemp
+
+  def created_then_signalled(*args, **kwargs):
+    path = mkdtemp(*args, **kwargs)
+    if ".partial-" in os.path.basename(path):  # the staging folder (not the writability probe)
+      signal.raise_signal(signal.SIGINT)
+    return path
+
+  monkeypatch.setattr(atomic.tempfile, "mkdtemp", created_then_signalled)
+  with pytest.raises(KeyboardInterrupt):
+    with atomic.AtomicDirectory(tmp_path / "out"):
+      pass
+  assert os.listdir(tmp_path) == [] and not atomic.active_staging()
+
+
 def test_a_signal_during_a_rename_waits_for_it(tmp_path):
   out = tmp_path / "out"
   proc = start_child("folder", out, str(int(signal.SIGTERM)))

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -28,6 +29,7 @@ from postcam_jax.data import (
                               arrayrecord,
                               depth_scale,
                               encoders,
+                              latent_job,
                               latents,
                               multicam,
                               pairs,
@@ -262,6 +264,14 @@ def launch(args, processes, env, log):
   return subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600)
 
 
+def readable_log(path) -> str:
+  """The end of a job's log without the C++ stack frames that a dying coordination service
+  prints (they would hide the Python error that started it)."""
+  lines = open(path).read().splitlines()
+  kept = [l for l in lines if not l.lstrip().startswith("@") and "Check failure" not in l]
+  return "\n".join(kept)[-4000:]
+
+
 def shard_files(directory):
   return {os.path.basename(p): (os.stat(p).st_ino, os.stat(p).st_mtime_ns)
           for p in glob.glob(os.path.join(directory, "multi_cam_pairs-*"))}
@@ -286,7 +296,7 @@ def test_two_processes_killed_and_resumed_equal_one_process(assets, tmp_path):
   first = os.path.join(directory, "_units", "train-00001-of-00003.json")
   deadline = time.monotonic() + 400
   while not os.path.exists(first):
-    assert all(p.poll() is None for p in procs), open(tmp_path / "killed.log").read()[-3000:]
+    assert all(p.poll() is None for p in procs), readable_log(tmp_path / "killed.log")
     assert time.monotonic() < deadline, "process 1 finished no shard in time"
     time.sleep(0.02)
   for p in reversed(procs):
@@ -303,14 +313,14 @@ def test_two_processes_killed_and_resumed_equal_one_process(assets, tmp_path):
   with open(tmp_path / "resumed.log", "w") as log:
     proc = launch(args, 2, env, log)
   out = open(tmp_path / "resumed.log").read()
-  assert proc.returncode == 0, out[-4000:]
+  assert proc.returncode == 0, readable_log(tmp_path / "resumed.log")
   assert "[p1] [p1/2] 1 shard(s) written, 1 already finished" in out
   after = shard_files(directory)
   assert {name: after[name] for name in kept} == kept  # finished shards were not redone
   assert not glob.glob(os.path.join(directory, "**", ".*partial*"), recursive=True)
   with open(tmp_path / "one.log", "w") as log:
     proc = launch(argv(assets, tmp_path / "one"), 1, env, log)
-  assert proc.returncode == 0, open(tmp_path / "one.log").read()[-4000:]
+  assert proc.returncode == 0, readable_log(tmp_path / "one.log")
   one = records.prepared_dir(str(tmp_path / "one"), "latents")
   for split, n in SCENES.items():
     a, b = by_pair(directory, split), by_pair(one, split)
@@ -319,6 +329,70 @@ def test_two_processes_killed_and_resumed_equal_one_process(assets, tmp_path):
       for name, value in record.items():
         np.testing.assert_array_equal(np.asarray(value), np.asarray(b[key][name]),
                                       err_msg=f"{key} {name}")
+
+
+def test_every_process_checks_the_directory_before_process_0_writes_it(assets, tmp_path,
+                                                                      monkeypatch):
+  """A job's processes read the prepared directory (``records.claim``) before process 0 writes
+  its marker: CI once saw process 1 look between process 0's staging file and its rename ("not a
+  prepared directory"), and the job died at jax.distributed's shutdown barrier. Two processes as
+  threads; process 1 holds its check back until process 0 starts writing (1 s at most)."""
+  events, lock, writing = [], threading.Lock(), threading.Event()
+  meeting = threading.Barrier(2, timeout=30)
+  claim, write_marker = records.claim, records.write_marker
+
+  def log(what):
+    with lock:
+      events.append((threading.current_thread().name, what))
+
+  def checking(directory, settings, overwrite=False, remove=True):
+    if threading.current_thread().name == "p1":
+      writing.wait(1.0)
+    log(f"claim remove={remove}")
+    return claim(directory, settings, overwrite=overwrite, remove=remove)
+
+  def writing_marker(directory, settings):
+    writing.set()
+    log("write marker")
+    write_marker(directory, settings)
+
+  def barrier(name, timeout_s):
+    del timeout_s
+    log(f"barrier {name}")
+    meeting.wait()
+
+  class Reached(Exception):
+    """Raised where the set-up ends (the encoders come next)."""
+
+  def features_of(config):
+    raise Reached
+
+  monkeypatch.setattr(records, "claim", checking)
+  monkeypatch.setattr(records, "write_marker", writing_marker)
+  monkeypatch.setattr(latent_job, "_barrier", barrier)
+  monkeypatch.setattr(latent_job, "features_of", features_of)
+  config = latents.LatentConfig(
+      root=str(assets / "multicam"), data_dir=str(tmp_path), vae=str(assets / "vae"),
+      text_encoder=str(assets / "t5"), splits=("train", "test"), clip_frames=T, height=H,
+      width=W, scenes_per_shard=1, progress=False)
+  outcome = {}
+
+  def process(index):
+    try:
+      latent_job.run(config, process_index=index, process_count=2)
+    except BaseException as e:  # pylint: disable=broad-exception-caught (reported below)
+      outcome[index] = e
+
+  threads = [threading.Thread(target=process, args=(i,), name=f"p{i}") for i in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(60)
+  assert [type(outcome.get(i)) for i in range(2)] == [Reached, Reached], (outcome, events)
+  written = events.index(("p0", "write marker"))
+  checks = [k for k, (who, what) in enumerate(events) if what.startswith("claim")]
+  assert {events[k][0] for k in checks} == {"p0", "p1"} and max(checks) < written, events
+  assert records.read_marker(config.directory) == config.settings()
 
 
 def _unit_of(shard: str):

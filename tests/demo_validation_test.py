@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from flax import nnx
 
 from configs import demo as demo_config
@@ -50,6 +51,23 @@ def test_scores_every_validation_pair_and_averages_noise_draws(tmp_path):
     # The latents are the recorded recipe's and the codec the checkpoint's: their decode is
     # the target's best reconstruction, far above the flat mean image.
     assert a["codec_ceiling_psnr"] > a["mean_image_psnr"] + 3.0
+
+
+def test_other_held_out_scenes_by_count_and_seed(tmp_path):
+  """--scenes/--scene_seed: a set of scenes common to checkpoints of several data seeds, encoded
+  with each checkpoint's own codec; the training scenes' seed is refused."""
+  path = _small_checkpoint(tmp_path)
+  own = demo_validation.score_validation(path, 0, 2, str(tmp_path / "a"))
+  other = demo_validation.score_validation(path, 0, 2, str(tmp_path / "b"), scenes=2,
+                                           scene_seed=77)
+  assert [r["pair"] for r in other] == ["00", "01", "02", "03"]  # 2 scenes x 2 ordered pairs
+  # The training scene (seed 0, for the codec's fit) and the 2 scenes of seed 77.
+  made = sorted(p.name.split("_")[1:3] for p in (tmp_path / "b").glob("scenes_*"))
+  assert made == [["0", "1"], ["77", "2"]], made
+  assert other[0]["copy_source_psnr"] != own[0]["copy_source_psnr"]  # other scenes
+  assert all(r["codec_ceiling_psnr"] > r["mean_image_psnr"] + 3.0 for r in other)
+  with pytest.raises(demo_validation.SceneSeedError, match="training scenes"):
+    demo_validation.score_validation(path, 0, 2, str(tmp_path / "c"), scene_seed=0)
 
 
 def test_the_command_line_fails_in_one_line(tmp_path):

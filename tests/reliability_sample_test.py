@@ -4,6 +4,7 @@ trajectories, model kinds, output paths, duplicate output names), a NaN weight r
 existing outputs replaced only with --overwrite and never an input, and SIGTERM / Ctrl-C during
 sampling (real subprocesses) leaving no staging folder. Every refusal is one line, exit 2."""
 
+import io
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import time
 import numpy as np
 import pytest
 from flax import nnx
+from tqdm import tqdm
 
 from postcam_jax.convert.postcam import convert_postcam
 from postcam_jax.convert.vae import KIND as VAE_KIND
@@ -21,6 +23,7 @@ from postcam_jax.core import atomic
 from postcam_jax.inference import cli as sample_cli
 from postcam_jax.io import model_dir
 from postcam_jax.models.vae import WanVAE, WanVAEConfig
+from tests.atomic_test import SignalInDel
 from tests.conftest import REPO
 from tests.sample_cli_test import (
   CLIP,
@@ -206,3 +209,18 @@ def test_a_signal_while_sampling_leaves_no_staging(assets, tmp_path, sig, code, 
   assert line in err.splitlines(), err[-3000:]
   assert "Traceback" not in err
   assert os.listdir(tmp_path) == [], "staging or output left behind"
+
+
+def test_a_signal_whose_exception_python_dropped_stops_at_the_next_step(tmp_path, monkeypatch):
+  """CI once saw the Ctrl-C of the test above raised inside JAX's garbage-collection callback,
+  where Python drops it: the sampler ran all 400 steps and published. The step callback asks
+  again, so the run stops at its next step (and the commit would refuse anyway)."""
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+  bar = tqdm(total=3, file=io.StringIO())
+  step = sample_cli._step_done(bar)  # pylint: disable=protected-access
+  with pytest.raises(KeyboardInterrupt):
+    with atomic.AtomicFiles(tmp_path / "out"):
+      step(0)
+      SignalInDel(signal.SIGINT)  # the exception is dropped in __del__
+      step(1)
+  assert bar.n == 1 and os.listdir(tmp_path) == []

@@ -22,7 +22,9 @@ reports what it did.
 
 Signals: while a staging path exists, SIGTERM raises :class:`Terminated` (a ``SystemExit`` with
 status 143) and SIGINT ``KeyboardInterrupt`` in the main thread, so every staging path is removed
-on the way out; both wait while a rename or a removal is in progress. A handler installed by
+on the way out; both wait while a rename or a removal is in progress, and a signal whose exception
+Python dropped (raised inside a garbage-collection callback) still stops every commit
+(:func:`raise_if_signalled`). A handler installed by
 someone else (the trainer's preemption watcher) is left alone.
 """
 
@@ -151,6 +153,7 @@ _staging: set[str] = set()
 _installed: dict[int, object] = {}  # signal -> the handler ours replaced
 _critical_depth = 0
 _pending: int | None = None
+_signalled: int | None = None  # the signal our handler took, until the staging is all gone
 
 
 def _raise_for(signum: int):
@@ -161,11 +164,22 @@ def _raise_for(signum: int):
 
 def _handler(signum, frame):
   del frame
-  global _pending
+  global _pending, _signalled
+  _signalled = signum
   if _critical_depth:  # a rename or removal is under way: finish it first
     _pending = signum
     return
   _raise_for(signum)
+
+
+def raise_if_signalled():
+  """Raise again for a signal whose exception Python dropped. A handler's exception lands in
+  whatever Python code runs when the signal is handled; in a garbage-collection callback (JAX
+  has one) or a ``__del__`` it is printed as "Exception ignored" and the program goes on. Every
+  commit checks this first, so such a run never publishes; long loops call it between steps to
+  stop soon."""
+  if _signalled is not None:
+    _raise_for(_signalled)
 
 
 def _main_thread() -> bool:
@@ -189,9 +203,9 @@ def _critical():
         _raise_for(signum)
 
 
-def _register(path: str):
+def _install_handlers():
+  """Our SIGTERM/SIGINT handlers, where the defaults are in place (main thread only)."""
   with _lock:
-    _staging.add(path)
     if not _main_thread():
       return
     for sig, default in ((signal.SIGTERM, signal.SIG_DFL),
@@ -200,7 +214,9 @@ def _register(path: str):
         _installed[sig] = signal.signal(sig, _handler)
 
 
-def _unregister(path: str):
+def _unregister(path: str | None):
+  """Forget ``path``; with no staging left, put the previous handlers back."""
+  global _signalled
   with _lock:
     _staging.discard(path)
     if _staging or not _main_thread():
@@ -209,6 +225,7 @@ def _unregister(path: str):
       if signal.getsignal(sig) is _handler:
         signal.signal(sig, previous)
       del _installed[sig]
+    _signalled = None  # its exception is on its way out (or was caught by the caller)
 
 
 def active_staging() -> list[str]:
@@ -278,13 +295,25 @@ def _make_staging(path: str, *, folder: bool, suffix: str = "") -> str:
   """A registered staging folder (or file) beside ``path``."""
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
-  with _critical():
-    if folder:
-      tmp = tempfile.mkdtemp(prefix=_prefix(path, "partial"), dir=parent)
+  tmp = None
+  try:
+    # The handlers go in first: a signal from the moment the path exists waits in _critical
+    # until it is registered, then raises here, where the path is removed.
+    with _critical():
+      _install_handlers()
+      if folder:
+        tmp = tempfile.mkdtemp(prefix=_prefix(path, "partial"), dir=parent)
+      else:
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(path, "partial"), suffix=suffix, dir=parent)
+        os.close(fd)
+      with _lock:
+        _staging.add(tmp)
+  except BaseException:
+    if tmp is None:
+      _unregister(None)
     else:
-      fd, tmp = tempfile.mkstemp(prefix=_prefix(path, "partial"), suffix=suffix, dir=parent)
-      os.close(fd)
-    _register(tmp)
+      _drop_staging(tmp)
+    raise
   return tmp
 
 
@@ -335,6 +364,7 @@ class AtomicDirectory:
   def __exit__(self, exc_type, exc, tb):
     try:
       if exc_type is None:
+        raise_if_signalled()
         with _critical():
           self._commit()
     finally:
@@ -383,6 +413,7 @@ class AtomicFiles:
   def __exit__(self, exc_type, exc, tb):
     try:
       if exc_type is None:
+        raise_if_signalled()
         with _critical():
           self._publish()
     finally:
@@ -416,6 +447,7 @@ def atomic_file(path, suffix: str = "", *, overwrite: bool = True, inputs=()):
   tmp = _make_staging(path, folder=False, suffix=suffix)
   try:
     yield tmp
+    raise_if_signalled()
     with _critical():
       check_output(path, overwrite=overwrite, inputs=inputs, kind="file")
       os.replace(tmp, path)

@@ -7,7 +7,8 @@ data directory must be one filesystem that every process sees, e.g. NFS or a gcs
 1. Every process lists the same work units (``latents.plan_units``: ``scenes_per_shard`` scenes
    of one split, one record shard each) and checks the prepared directory against the run's
    settings (``records.claim``: a directory from another root or config is refused, naming what
-   differs, or rebuilt with ``--overwrite``); process 0 writes the marker; all wait for it.
+   differs, or rebuilt with ``--overwrite``); when all have checked, process 0 removes what
+   ``--overwrite`` replaces and writes the marker; all wait for it.
 2. Process i takes units i, i + N, i + 2N, ... that are not finished yet. A unit is finished when
    its shard and then its unit record (``_units/<split>-<i>-of-<n>.json``: record count, bytes,
    skipped scenes, per-scene report, timings) have been renamed into place, so a rerun of the same
@@ -229,10 +230,14 @@ def run(config: latents.LatentConfig, enc: encoders_lib.Encoders | None = None,
   pc = jax.process_count() if process_count is None else process_count
   directory = config.directory
   settings = config.settings()
-  # Every process checks the directory (one verdict for all); only process 0 changes it.
-  state = records.claim(directory, settings, overwrite=config.overwrite, remove=pi == 0)
+  # Every process checks the directory (one verdict for all, one line from each on a refusal)
+  # and only then does process 0 change it: a process reading it while process 0 writes the
+  # marker would see a folder with a staging file and no marker, "not a prepared directory".
+  state = records.claim(directory, settings, overwrite=config.overwrite, remove=False)
   units = latents.plan_units(config)
+  _barrier("checked", config.barrier_timeout_s)
   if pi == 0 and state == "new":
+    records.claim(directory, settings, overwrite=config.overwrite, remove=True)  # as checked
     records.write_marker(directory, settings)
   _barrier("setup", config.barrier_timeout_s)
   if records.read_marker(directory) != settings:

@@ -17,9 +17,10 @@ Depth (``--depth``, one per video): a folder in the release's layout (``depth/NN
 ``metadata.txt``, ``extrinsics.txt``, ``intrinsics.txt``: what its depth step writes), or an
 ``.npz`` with ``depth`` [N, h, w] z-depth, ``intrinsics`` [3, 3] in depth-map pixels and
 ``extrinsics`` [N, 3, 4] or [N, 4, 4] world-to-camera source poses in OpenCV axes (any world: they
-are made relative to frame 0, E_i inv(E_0), as the release does); see ``postcam_jax.inference.inputs``. A
-scene of the synthetic generator (``postcam_jax.data.synthetic``) carries exact depth in that
-schema: ``--video SCENE/videos/cam01.mp4 --depth SCENE/depth/cam01.npz``.
+are made relative to frame 0, E_i inv(E_0), as the release does); see
+``postcam_jax.inference.inputs``. A scene of the synthetic generator
+(``postcam_jax.data.synthetic``) carries exact depth in that schema: ``--video
+SCENE/videos/cam01.mp4 --depth SCENE/depth/cam01.npz``.
 
 Without ``--depth``, ``--depth-model DIR`` (a converted Depth Anything 3, ``tools/convert_weights.py
 da3``) estimates each video's depth and poses in-process as the release's depth step does
@@ -30,11 +31,11 @@ quantised depth, the 8-decimal poses). ``--save-depth DIR`` (one per video) keep
 whole run succeeds, like every other output.
 
 Pipeline (``postcam-release-inputs.md`` §2, §4, §11): video + depth + trajectory ->
-``postcam_jax.inference.inputs.load_release_inputs`` (41 frames resized to cover and centre-cropped, K,
-poses, scale calibration) -> ``postcam_jax.geometry.render.forward_warp`` and the 4x downsample -> VAE
-encode of the source and the render -> text states -> the denoising loop of
-``postcam_jax.inference.sampling`` (release defaults: Euler, 50 steps, shift 5, CFG 5 on the text, Wan's
-Chinese negative prompt) -> VAE decode.
+``postcam_jax.inference.inputs.load_release_inputs`` (41 frames resized to cover and
+centre-cropped, K, poses, scale calibration) -> ``postcam_jax.geometry.render.forward_warp`` and
+the 4x downsample -> VAE encode of the source and the render -> text states -> the denoising loop
+of ``postcam_jax.inference.sampling`` (release defaults: Euler, 50 steps, shift 5, CFG 5 on the
+text, Wan's Chinese negative prompt) -> VAE decode.
 
 Every input is checked before any model is loaded (``postcam_jax.inference.checks``: depth
 folders numbered 0..T-1 with T the video's frame count and every PNG decodable, trajectories,
@@ -153,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_pair(args, video_path, depth_path, trajectory):
-  """One (video, depth, trajectory) prepared as the release does (``postcam_jax.inference.inputs``)."""
+  """One (video, depth, trajectory) prepared as the release does
+  (``postcam_jax.inference.inputs``)."""
   return inputs.load_release_inputs(video_path, depth_path, trajectory,
                                     sample_hw=parse_size(args.size), num_frames=args.num_frames,
                                     radius_ratio=args.radius_ratio)
@@ -354,9 +356,8 @@ def sample_all(args, plan) -> list[str]:
         first = None
         bar = _progress(args, f"{pair.name} {pair.trajectory}")
         try:
-          videos, arrays = pipe.run(
-              pair, ctx, negative if guided else None,
-              progress=(lambda i, b=bar: b.update(1)) if bar is not None else None)
+          videos, arrays = pipe.run(pair, ctx, negative if guided else None,
+                                    progress=_step_done(bar) if bar is not None else None)
         finally:  # also on a signal: an error line then starts on a line of its own
           if bar is not None:
             bar.close()
@@ -364,6 +365,16 @@ def sample_all(args, plan) -> list[str]:
           write_outputs(os.path.join(staging, output_folder(args, trajectory)), pair.name,
                         *videos, arrays=arrays if args.save_arrays else None)
   return [os.path.join(args.out, os.path.relpath(p, files.folder)) for p in files.published]
+
+
+def _step_done(bar):
+  """The per-step callback: the bar moves, and a signal whose exception Python dropped (it can
+  land in JAX's garbage-collection callback) stops the run here rather than at the end."""
+  def done(step):
+    del step
+    atomic.raise_if_signalled()
+    bar.update(1)
+  return done
 
 
 def _progress(args, description):

@@ -31,9 +31,10 @@ the poses are dropped.
 - ``"synthetic"``: scenes made by ``postcam_jax.data.synthetic`` at the config's size, paired
   (held out: ``num_eval_scenes`` other scenes, or with 0 every 4th pair of the same scenes),
   rendered with the release's forward warp (``postcam_jax.geometry.render``; 4x down, or at full
-  size with ``data.render_scale = 1``) and encoded in
-  memory by the stand-in encoders below (the CPU tests and demo; no weights needed). Examples are cached as one
-  ``.npz`` per split under ``data.cache_dir`` so restarts do not regenerate them.
+  size with ``data.render_scale = 1``) and encoded in memory by the stand-in encoders below
+  (the CPU tests and demo; no weights needed). Examples are cached as one ``.npz`` per split
+  under ``data.cache_dir`` so restarts do not regenerate them. The held-out scenes come from
+  generator seed ``data.seed + 1000``, or ``data.eval_seed`` where set.
 
 Both paths end in a Grain ``IterDataset`` whose iterator state Orbax checkpoints (``grain
 .checkpoint``), so a resumed run sees exactly the batches an uninterrupted one would.
@@ -162,6 +163,8 @@ def _cache_path(data, split: str, camera: str = "rt") -> str:
     key += "|codec_whiten=False"
   if camera_layout(data) != {}:
     key += f"|camera_layout={sorted(camera_layout(data).items())}"
+  if data.get("eval_seed") is not None:
+    key += f"|eval_seed={held_out_seed(data)}"
   digest = hashlib.sha1(key.encode()).hexdigest()[:12]
   return os.path.join(data.cache_dir, f"synthetic_{split}_{digest}.npz")
 
@@ -213,12 +216,24 @@ def _held_out_pair(index: int) -> bool:
   return index % 4 == 3
 
 
+def held_out_seed(data) -> int:
+  """The generator seed of the held-out scenes: ``data.eval_seed`` where set (e.g. one set of
+  scenes to score models of several data seeds on), else ``data.seed + 1000``."""
+  seed = data.get("eval_seed")
+  if seed is None:
+    return data.seed + 1000
+  if int(seed) == data.seed:
+    raise ValueError(f"data.eval_seed {seed} is data.seed: those are the training scenes; "
+                     f"choose another seed")
+  return int(seed)
+
+
 def pixel_examples(data, split: str) -> list[dict]:
   """Pixel examples of the generated scenes of ``split`` (generating them if needed): the pairs
   behind :func:`synthetic_examples`, in its order, with their poses and intrinsics."""
   same_scenes = split == "train" or not data.num_eval_scenes
   num_scenes = data.num_scenes if same_scenes else data.num_eval_scenes
-  seed = data.seed if same_scenes else data.seed + 1000  # held-out scenes: other seeds
+  seed = data.seed if same_scenes else held_out_seed(data)
   layout = camera_layout(data)
   root = os.path.join(data.cache_dir, f"scenes_{seed}_{num_scenes}" +
                       "".join(f"_{k}{v:g}" for k, v in sorted(layout.items())))
