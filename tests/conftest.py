@@ -39,3 +39,12 @@ if REPO not in sys.path:
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 FIXTURES = os.path.join(SHARED, "fixtures")
+
+
+def readable_tail(log: str, chars: int = 4000) -> str:
+  """The end of a multi-process run's log without the C++ stack frames a dying jax.distributed
+  coordination service prints, which would otherwise fill a failure message and hide the Python
+  error that started it."""
+  kept = [l for l in log.splitlines()
+          if not l.lstrip().startswith("@") and "Check failure stack trace" not in l]
+  return "\n".join(kept)[-chars:]

@@ -45,7 +45,7 @@ from postcam_jax.models.t5 import UMT5Config, UMT5Encoder
 from postcam_jax.models.vae import WanVAE, WanVAEConfig
 from postcam_jax.training import data as train_data
 from postcam_jax.training import metrics
-from tests.conftest import REPO
+from tests.conftest import REPO, readable_tail
 
 T, H, W = 9, 64, 96
 CAMERAS = 3
@@ -264,14 +264,6 @@ def launch(args, processes, env, log):
   return subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600)
 
 
-def readable_log(path) -> str:
-  """The end of a job's log without the C++ stack frames that a dying coordination service
-  prints (they would hide the Python error that started it)."""
-  lines = open(path).read().splitlines()
-  kept = [l for l in lines if not l.lstrip().startswith("@") and "Check failure" not in l]
-  return "\n".join(kept)[-4000:]
-
-
 def shard_files(directory):
   return {os.path.basename(p): (os.stat(p).st_ino, os.stat(p).st_mtime_ns)
           for p in glob.glob(os.path.join(directory, "multi_cam_pairs-*"))}
@@ -296,7 +288,7 @@ def test_two_processes_killed_and_resumed_equal_one_process(assets, tmp_path):
   first = os.path.join(directory, "_units", "train-00001-of-00003.json")
   deadline = time.monotonic() + 400
   while not os.path.exists(first):
-    assert all(p.poll() is None for p in procs), readable_log(tmp_path / "killed.log")
+    assert all(p.poll() is None for p in procs), readable_tail(open(tmp_path / "killed.log").read())
     assert time.monotonic() < deadline, "process 1 finished no shard in time"
     time.sleep(0.02)
   for p in reversed(procs):
@@ -313,14 +305,14 @@ def test_two_processes_killed_and_resumed_equal_one_process(assets, tmp_path):
   with open(tmp_path / "resumed.log", "w") as log:
     proc = launch(args, 2, env, log)
   out = open(tmp_path / "resumed.log").read()
-  assert proc.returncode == 0, readable_log(tmp_path / "resumed.log")
+  assert proc.returncode == 0, readable_tail(out)
   assert "[p1] [p1/2] 1 shard(s) written, 1 already finished" in out
   after = shard_files(directory)
   assert {name: after[name] for name in kept} == kept  # finished shards were not redone
   assert not glob.glob(os.path.join(directory, "**", ".*partial*"), recursive=True)
   with open(tmp_path / "one.log", "w") as log:
     proc = launch(argv(assets, tmp_path / "one"), 1, env, log)
-  assert proc.returncode == 0, readable_log(tmp_path / "one.log")
+  assert proc.returncode == 0, readable_tail(open(tmp_path / "one.log").read())
   one = records.prepared_dir(str(tmp_path / "one"), "latents")
   for split, n in SCENES.items():
     a, b = by_pair(directory, split), by_pair(one, split)

@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 
+from tests.conftest import readable_tail
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 6, 3                # log and checkpoint at steps 3 and 6; 1, 2, 4, 5 are ordinary
 SYNCS = ("process_allgather", "sync_global_devices", "broadcast_one_to_all",
@@ -85,7 +87,7 @@ def test_ordinary_steps_do_not_synchronise_the_hosts(tmp_path):
          "--timeout", "400", "--", "-m", "tests.multihost_sync_test", "--worker", str(out),
          "--cache", str(cache), "--workdir", str(tmp_path / "run")]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=500)
-  assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+  assert proc.returncode == 0, readable_tail(proc.stdout + proc.stderr)
   calls = {(name, s): n for name, s, n in json.load(open(out))}
   # The preemption check ran at every step; nothing else after an ordinary step's check.
   assert [s for (name, s) in calls if name == "preemption_check"] == list(range(1, STEPS + 1))

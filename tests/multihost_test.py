@@ -17,6 +17,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import readable_tail
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH = (2, 2, 1, 2)
 NUM_PROCESSES, DEVICES_PER_PROCESS = 2, 4
@@ -86,7 +88,7 @@ def test_two_processes_match_single_process(tmp_path):
   want = flat_results(*step(jax.device_put(params, dev), jax.device_put(inputs, dev),
                             jax.device_put(target, dev)))
   log, _ = proc.communicate(timeout=500)
-  assert proc.returncode == 0, f"launcher exit {proc.returncode}:\n{log[-4000:]}"
+  assert proc.returncode == 0, f"launcher exit {proc.returncode}:\n{readable_tail(log)}"
   for i in range(NUM_PROCESSES):
     assert f"[p{i}] process {i}/{NUM_PROCESSES}: {DEVICES_PER_PROCESS} local, 8 global" in log, log
   got = dict(np.load(out))

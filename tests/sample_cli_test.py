@@ -25,7 +25,7 @@ from postcam_jax.inference import sampling
 from postcam_jax.io import model_dir, video
 from postcam_jax.models.t5 import UMT5Config, UMT5Encoder
 from postcam_jax.models.vae import WanVAE, WanVAEConfig
-from tests.conftest import FIXTURES, REPO
+from tests.conftest import FIXTURES, REPO, readable_tail
 
 CLIP = os.path.join(FIXTURES, "official-render-tiny", "official-inputs", "test1.mp4")
 POSTCAM_CKPT = os.path.join(FIXTURES, "postcam-official-tiny", "postcam.ckpt")
@@ -297,12 +297,12 @@ def test_cli_on_two_processes_equals_one_device(assets, tmp_path, no_progress):
          "--timeout", "400", "--", "-m", "postcam_jax.sample", *argv]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=450)
   log = proc.stdout + proc.stderr
-  assert proc.returncode == 0, log[-4000:]
+  assert proc.returncode == 0, readable_tail(log)
   assert sorted(os.listdir(out)) == ["test1_arrays.npz", "test1_contact_sheet.png",
                                      "test1_pred_video.mp4", "test1_render_video.mp4",
                                      "test1_source_video.mp4"]
   assert f"[p0] {out / 'test1_arrays.npz'}" in log and f"[p1] {out}" not in log
-  assert "[p0] test1 zoom_in: 100%" in log and "[p1] test1 zoom_in" not in log, log[-4000:]
+  assert "[p0] test1 zoom_in: 100%" in log and "[p1] test1 zoom_in" not in log, readable_tail(log)
   assert_same_sample(load_arrays(out / "test1_arrays.npz"), no_progress["arrays"][TRAJECTORIES[0]],
                      "two processes x 4 devices vs one device")
 

@@ -14,6 +14,7 @@ from configs import postcam_tiny
 from postcam_jax import training
 from postcam_jax.models.postcam import frozen, trainable
 from postcam_jax.training import metrics
+from tests.conftest import readable_tail
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,5 +152,5 @@ def test_two_processes_of_4_devices_match_one_device(general_run, tmp_path):
          "--config.mesh=data=2,fsdp=4", "--config.eval.every=0", "--config.log_every=1",
          "--config.checkpoint.every=1000"]
   done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
-  assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+  assert done.returncode == 0, readable_tail(done.stdout + done.stderr)
   np.testing.assert_allclose(step_losses(tmp_path), step_losses(workdir)[:4], rtol=1e-5)
