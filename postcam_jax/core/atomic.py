@@ -154,6 +154,7 @@ _installed: dict[int, object] = {}  # signal -> the handler ours replaced
 _critical_depth = 0
 _pending: int | None = None
 _signalled: int | None = None  # the signal our handler took, until the staging is all gone
+_saved_unraisablehook = None  # Python's (or a test runner's) hook, while ours is in place
 
 
 def _raise_for(signum: int):
@@ -170,6 +171,15 @@ def _handler(signum, frame):
     _pending = signum
     return
   _raise_for(signum)
+
+
+def _unraisablehook(unraisable):
+  """Our handler's exception where Python cannot raise it (a ``__del__``, JAX's GC callback) is
+  not printed as "Exception ignored ... Traceback": :func:`raise_if_signalled` raises it again
+  where it can propagate. Everything else goes to the hook ours replaced."""
+  if _signalled is not None and issubclass(unraisable.exc_type, (KeyboardInterrupt, Terminated)):
+    return
+  _saved_unraisablehook(unraisable)
 
 
 def raise_if_signalled():
@@ -204,7 +214,9 @@ def _critical():
 
 
 def _install_handlers():
-  """Our SIGTERM/SIGINT handlers, where the defaults are in place (main thread only)."""
+  """Our SIGTERM/SIGINT handlers, where the defaults are in place, and our unraisable hook with
+  them (main thread only)."""
+  global _saved_unraisablehook
   with _lock:
     if not _main_thread():
       return
@@ -212,6 +224,8 @@ def _install_handlers():
                          (signal.SIGINT, signal.default_int_handler)):
       if sig not in _installed and signal.getsignal(sig) is default:
         _installed[sig] = signal.signal(sig, _handler)
+    if _installed and sys.unraisablehook is not _unraisablehook:
+      _saved_unraisablehook, sys.unraisablehook = sys.unraisablehook, _unraisablehook
 
 
 def _unregister(path: str | None):
@@ -225,6 +239,8 @@ def _unregister(path: str | None):
       if signal.getsignal(sig) is _handler:
         signal.signal(sig, previous)
       del _installed[sig]
+    if sys.unraisablehook is _unraisablehook:
+      sys.unraisablehook = _saved_unraisablehook
     _signalled = None  # its exception is on its way out (or was caught by the caller)
 
 
