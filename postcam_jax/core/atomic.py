@@ -1,7 +1,6 @@
 """Atomic outputs: a file or a folder appears whole or not at all, and nothing a user owns is lost.
 
-Every output is written to a staging path beside its target (same filesystem) and renamed into
-place at the end:
+Every output is staged beside its target (same filesystem) and renamed into place at the end:
 
 - :func:`check_output`: the checks to run before any work (not a file where a folder goes, not
   under a file, writable, exists only with ``overwrite``, replaceable);
@@ -15,17 +14,15 @@ Replacing (``overwrite``) removes only a folder this project made: it holds the 
 and none of the run's inputs. The old folder is moved aside, the new one renamed in, then the old
 one removed. Anything else is refused with one line (:class:`OutputError`).
 
-Staging names carry the host and the process id (``.NAME.partial-HOST-PID-<8 random
-characters>``). The next run into the same place removes those of processes that no longer exist
-(``kill -9``), puts back a folder that such a run had moved aside but not yet replaced, and
-reports what it did.
+Staging names carry the host and the process id (``.NAME.partial-HOST-PID-<random>``). The next
+run into the same place removes those of dead processes (``kill -9``), puts back a folder that
+such a run had moved aside but not yet replaced, and reports what it did.
 
 Signals: while a staging path exists, SIGTERM raises :class:`Terminated` (a ``SystemExit`` with
 status 143) and SIGINT ``KeyboardInterrupt`` in the main thread, so every staging path is removed
-on the way out; both wait while a rename or a removal is in progress, and a signal whose exception
-Python dropped (raised inside a garbage-collection callback) still stops every commit
-(:func:`raise_if_signalled`). A handler installed by
-someone else (the trainer's preemption watcher) is left alone.
+on the way out; both wait while a rename or a removal is in progress and still stop every commit
+when Python dropped their exception (:func:`raise_if_signalled`). A handler installed by someone
+else (the trainer's preemption watcher) is left alone.
 """
 
 import contextlib
@@ -154,7 +151,7 @@ _installed: dict[int, object] = {}  # signal -> the handler ours replaced
 _critical_depth = 0
 _pending: int | None = None
 _signalled: int | None = None  # the signal our handler took, until the staging is all gone
-_saved_unraisablehook = None  # Python's (or a test runner's) hook, while ours is in place
+_saved_unraisablehook = None  # the hook ours replaced, while ours is in place
 
 
 def _raise_for(signum: int):
@@ -163,8 +160,7 @@ def _raise_for(signum: int):
   raise Terminated(128 + signum)
 
 
-def _handler(signum, frame):
-  del frame
+def _handler(signum, _frame):
   global _pending, _signalled
   _signalled = signum
   if _critical_depth:  # a rename or removal is under way: finish it first
@@ -174,20 +170,17 @@ def _handler(signum, frame):
 
 
 def _unraisablehook(unraisable):
-  """Our handler's exception where Python cannot raise it (a ``__del__``, JAX's GC callback) is
-  not printed as "Exception ignored ... Traceback": :func:`raise_if_signalled` raises it again
-  where it can propagate. Everything else goes to the hook ours replaced."""
+  """Our handler's exception dropped by Python is not printed ("Exception ignored ... Traceback"):
+  :func:`raise_if_signalled` raises it again. Anything else goes to the hook ours replaced."""
   if _signalled is not None and issubclass(unraisable.exc_type, (KeyboardInterrupt, Terminated)):
     return
   _saved_unraisablehook(unraisable)
 
 
 def raise_if_signalled():
-  """Raise again for a signal whose exception Python dropped. A handler's exception lands in
-  whatever Python code runs when the signal is handled; in a garbage-collection callback (JAX
-  has one) or a ``__del__`` it is printed as "Exception ignored" and the program goes on. Every
-  commit checks this first, so such a run never publishes; long loops call it between steps to
-  stop soon."""
+  """Raise again for a signal whose exception Python dropped: raised in a garbage-collection
+  callback (JAX has one) or a ``__del__``, it goes nowhere and the program goes on. Every commit
+  asks first, so such a run never publishes; long loops ask between steps."""
   if _signalled is not None:
     _raise_for(_signalled)
 
@@ -313,8 +306,7 @@ def _make_staging(path: str, *, folder: bool, suffix: str = "") -> str:
   os.makedirs(parent, exist_ok=True)
   tmp = None
   try:
-    # The handlers go in first: a signal from the moment the path exists waits in _critical
-    # until it is registered, then raises here, where the path is removed.
+    # Handlers first: a signal once the path exists waits until it is registered, then removes it.
     with _critical():
       _install_handlers()
       if folder:
