@@ -55,6 +55,9 @@ def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_d
   if scenes:
     data.num_eval_scenes = scenes
   if scene_seed is not None:
+    if not data.num_eval_scenes:
+      raise SceneSeedError(f"--scene_seed {scene_seed}: this recipe holds out pairs of its "
+                           f"training scenes (no held-out scenes); give --scenes N too")
     data.eval_seed = scene_seed
     try:
       train_data.held_out_seed(data)  # not the training scenes'

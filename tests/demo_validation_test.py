@@ -22,16 +22,16 @@ demo_validation = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo_validation)
 
 
-def _small_checkpoint(tmp_path):
+def _small_checkpoint(tmp_path, eval_scenes=1):
   """A random model of the demo's architecture on a small recipe (1 + 1 scenes of 2 cameras at
   32x48): what the benchmark reads is the recipe the sidecar records."""
   config = demo_config.get_config()
   with config.unlocked():
-    config.data.update(num_scenes=1, num_eval_scenes=1, num_cameras=2, height=32, width=48,
-                       cache_dir=str(tmp_path / "fit"))
+    config.data.update(num_scenes=1, num_eval_scenes=eval_scenes, num_cameras=2, height=32,
+                       width=48, cache_dir=str(tmp_path / "fit"))
   recipe = demo.recipe_of(config, 0)
   model = PostCamModel(training.model_config(config), rngs=nnx.Rngs(0))
-  path = str(tmp_path / "small.safetensors")
+  path = str(tmp_path / f"small{eval_scenes}.safetensors")
   export.save_bundle(path, model, train_data.stand_in_codec(config.data),
                      {"command": "test", "seed": 0, "recipe": recipe, "train_seconds": 0,
                       "machine": "test", "made": "today", "metrics": {}})
@@ -68,6 +68,9 @@ def test_other_held_out_scenes_by_count_and_seed(tmp_path):
   assert all(r["codec_ceiling_psnr"] > r["mean_image_psnr"] + 3.0 for r in other)
   with pytest.raises(demo_validation.SceneSeedError, match="training scenes"):
     demo_validation.score_validation(path, 0, 2, str(tmp_path / "c"), scene_seed=0)
+  pairs_held_out = _small_checkpoint(tmp_path, eval_scenes=0)  # held-out pairs, not scenes
+  with pytest.raises(demo_validation.SceneSeedError, match="give --scenes N too"):
+    demo_validation.score_validation(pairs_held_out, 0, 2, str(tmp_path / "d"), scene_seed=77)
 
 
 def test_the_command_line_fails_in_one_line(tmp_path):
