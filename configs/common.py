@@ -29,6 +29,7 @@ def loss(**overrides) -> ml_collections.ConfigDict:
   fields = dict(timesteps="uniform_shifted",
                 shift=ml_collections.FieldReference(None, field_type=float),
                 bell_weight=False, num_train_timesteps=1000,
+                condition_dropout=0.0,  # p: steps trained without camera + render (losses.py)
                 fixed_noise=False)  # True: one noise draw for every step (overfit checks)
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)

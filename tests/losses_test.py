@@ -3,11 +3,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
 from postcam_jax.models import flops
-from postcam_jax.models.postcam import PostCamConfig
+from postcam_jax.models.postcam import PostCamConfig, PostCamModel
 from postcam_jax.training import losses
+from tests.postcam_test import randomize
 
 
 def test_shift_and_grid():
@@ -88,3 +91,61 @@ def test_flops_count_one_plucker_camera_token_per_target_token():
   assert rt_terms["cross_attn_cam.core"] == layers * 4.0 * n * 11 * d
   assert pl_terms["cross_attn_cam.core"] == layers * 4.0 * n * n * d
   assert pl_terms["cross_attn_cam.kv_camera"] == layers * 2.0 * n * d * 2 * d
+
+
+def _tiny_postcam_and_batch():
+  """A tiny PostCam whose zero-initialised projectors are perturbed (so the camera and the
+  render change its output) and one training batch of 2 examples."""
+  model = PostCamModel(PostCamConfig.tiny(), rngs=nnx.Rngs(0))
+  randomize(model, 1)
+  r = np.random.default_rng(0)
+  n = lambda *s: jnp.asarray(r.standard_normal(s), jnp.float32)  # noqa: E731
+  batch = {"target_latent": n(2, 3, 8, 12, 16), "source_latent": n(2, 3, 8, 12, 16),
+           "text_embedding": n(2, 7, 32), "camera": n(2, 11, 12),
+           "render_latent": n(2, 3, 2, 3, 16)}
+  return model, batch
+
+
+def test_condition_dropout_trains_a_drawn_step_without_camera_and_render():
+  """With condition_dropout p, a step the key draws for dropout scores the model with the camera
+  zeroed and no render (the evaluation's no-condition input), the other steps as without
+  dropout; the draw depends on the step's key only and falls with frequency p."""
+  model, batch = _tiny_postcam_and_batch()
+  with_p, without = losses.LossConfig(condition_dropout=0.5), losses.LossConfig()
+
+  def dropped_loss(key):  # the loss written out with the no-condition inputs
+    x0 = batch["target_latent"]
+    sigma, weights, noise = losses.draw_noise(key, x0.shape, without)
+    x_s, target = losses.noisy_latents(x0, noise, sigma)
+    pred = model(x_s, sigma * 1000.0, **losses.model_inputs(batch, camera=True, render=False,
+                                                            zero_camera=True))
+    return losses.weighted_mse(pred, target, weights)
+
+  loss = jax.jit(lambda key, cfg_p: losses.flow_matching_loss(
+      model, batch, key, with_p if cfg_p else without)[0], static_argnums=1)
+  seen = set()
+  for i in range(8):
+    key = jax.random.key(i)
+    drop = bool(losses.drops_conditions(key, with_p))
+    seen.add(drop)
+    full, dropped = float(loss(key, False)), float(dropped_loss(key))
+    assert abs(full - dropped) > 1e-3  # the conditions change this model's loss
+    np.testing.assert_allclose(float(loss(key, True)), dropped if drop else full, rtol=1e-5)
+  assert seen == {True, False}
+  tenth = losses.LossConfig(condition_dropout=0.1)
+  draws = jax.vmap(lambda k: losses.drops_conditions(k, tenth))(
+      jax.random.split(jax.random.key(0), 2000))
+  assert 0.08 < float(np.mean(draws)) < 0.12
+  # Its gradient flows through the drawn branch (jit + grad of the cond).
+  grads = nnx.grad(lambda m: losses.flow_matching_loss(m, batch, jax.random.key(0), with_p)[0])(
+      model)
+  assert np.isfinite(float(optax.global_norm(grads))) and float(optax.global_norm(grads)) > 0
+
+
+def test_condition_dropout_bad_values_are_named():
+  with pytest.raises(ValueError, match=r"condition_dropout is a probability in \[0, 1\)"):
+    losses.LossConfig(condition_dropout=1.0)
+  model, batch = _tiny_postcam_and_batch()
+  with pytest.raises(ValueError, match="feeds the render only"):
+    losses.flow_matching_loss(model, batch, jax.random.key(0),
+                              losses.LossConfig(condition_dropout=0.1), camera=False)

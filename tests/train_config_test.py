@@ -27,6 +27,15 @@ def test_full_size_configs_require_a_backbone(name, tmp_path):
   assert ablations.get_config("render_first").backbone is None
 
 
+def test_condition_dropout_with_a_render_only_stage_fails_before_any_work(tmp_path):
+  config = ablations.get_config("render_first,tiny")
+  with config.unlocked():
+    config.loss.condition_dropout = 0.1
+  with pytest.raises(ValueError, match="'render_first' has a render-only stage"):
+    training.train_and_evaluate(config, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
 def test_backbone_flag_on_the_command_line(tmp_path):
   """``--config.backbone=DIR`` fills the placeholder through config_flags (locked config)."""
   path = os.path.join(REPO, "configs", "postcam_1p3b.py")

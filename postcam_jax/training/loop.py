@@ -113,6 +113,10 @@ def train_and_evaluate(config, workdir: str) -> TrainResult:
   resume.check_resume(workdir, config, cfg)  # a workdir's run continues only with its own model
   loss_cfg = losses.LossConfig.from_config(config.loss)
   stages = stages_of(config)
+  if loss_cfg.condition_dropout and not all(s.camera for s in stages):  # before any data work
+    raise ValueError(f"loss.condition_dropout zeroes the camera, but schedule "
+                     f"{config.schedule!r} has a render-only stage; use a schedule whose stages "
+                     f"feed the camera, or loss.condition_dropout=0")
   total = stages[-1].end
   accum = int(config.optim.accum_steps)
   if accum < 1 or config.data.batch_size % accum:

@@ -10,6 +10,11 @@ clean and is never scored). Two timestep samplers, chosen by ``LossConfig.timest
   k = ``shift`` (5). Optionally weighted by the bell ``w(t) = exp(-2 ((t - 500) / 1000)^2)``
   over the grid's t, shifted to minimum 0 and normalised to mean 1.
 - ``logit_normal`` (Wan's report): ``s = sigmoid(n)``, n ~ N(0, 1), then the same shift with k = 2.
+
+``condition_dropout`` p (0, the release's trainer has none): each step, with probability p, the
+whole batch trains with the camera zeroed and no render, the input of the evaluation's
+no-condition baseline, so "the model without camera and render" is a mode it was trained in
+rather than an input it never saw (classifier-free-guidance training does the same).
 """
 
 import dataclasses
@@ -35,6 +40,7 @@ class LossConfig:
   shift: float | None = None
   bell_weight: bool = False
   num_train_timesteps: int = 1000
+  condition_dropout: float = 0.0
 
   def __post_init__(self):
     if self.timesteps not in SAMPLERS:
@@ -46,6 +52,9 @@ class LossConfig:
       raise ValueError(f"num_train_timesteps must be >= 1, got {self.num_train_timesteps}")
     if self.shift is not None and self.shift <= 0:
       raise ValueError(f"shift must be > 0, got {self.shift}")
+    if not 0.0 <= self.condition_dropout < 1.0:
+      raise ValueError(f"condition_dropout is a probability in [0, 1), got "
+                       f"{self.condition_dropout}")
 
   @property
   def k(self) -> float:
@@ -151,8 +160,28 @@ def flow_matching_loss(model, batch, key, cfg: LossConfig, *, camera: bool = Tru
   x0 = batch["target_latent"].astype(jnp.float32)
   sigma, weights, noise = draw_noise(key, x0.shape, cfg, micro)
   x_s, target = noisy_latents(x0, noise, sigma)
-  pred = model(x_s, sigma * 1000.0, **model_inputs(batch, camera=camera, render=render))
+  inputs = model_inputs(batch, camera=camera, render=render)
+  if cfg.condition_dropout == 0.0:
+    pred = model(x_s, sigma * 1000.0, **inputs)
+  else:
+    if not camera:
+      raise ValueError("condition_dropout zeroes the camera, but this stage feeds the render "
+                       "only; use a schedule whose stages feed the camera, or condition_dropout 0")
+    dropped = model_inputs(batch, camera=True, render=False, zero_camera=True)
+    pred = jax.lax.cond(drops_conditions(key, cfg),
+                        lambda: model(x_s, sigma * 1000.0, **dropped),
+                        lambda: model(x_s, sigma * 1000.0, **inputs))
   return weighted_mse(pred, target, weights), {"sigma_mean": jnp.mean(sigma)}
+
+
+# The row ``fold_in`` key of the step's condition dropout: one no example's noise ever uses.
+DROPOUT_ROW = 2**32 - 1
+
+
+def drops_conditions(key, cfg: LossConfig) -> jax.Array:
+  """Whether the step of ``key`` trains without its conditions (a scalar bool). Drawn from the
+  step's key alone, so every micro-batch of an accumulated step decides alike."""
+  return jax.random.bernoulli(jax.random.fold_in(key, DROPOUT_ROW), cfg.condition_dropout)
 
 
 def validation_loss(model, batch, key, sigmas, *, camera: bool = True, render: bool = True,
