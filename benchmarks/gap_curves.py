@@ -30,12 +30,19 @@ KEYS = ("val/loss", "val/loss_no_condition")
 def read_curves(path: str) -> dict[str, list[tuple[int, float]]]:
   """{key: [(step, value)]} of the validation records of one metrics.jsonl."""
   curves = {k: [] for k in KEYS}
-  with open(path) as f:
-    for line in f:
-      record = json.loads(line)
-      for k in KEYS:
-        if k in record:
-          curves[k].append((int(record["step"]), float(record[k])))
+  try:
+    with open(path) as f:
+      for line in f:
+        record = json.loads(line)
+        for k in KEYS:
+          if k in record:
+            curves[k].append((int(record["step"]), float(record[k])))
+  except OSError as e:
+    raise SystemExit(f"error: cannot read {path}: {e.strerror}; give a run's "
+                     f"train/metrics.jsonl") from None
+  except (ValueError, KeyError):
+    raise SystemExit(f"error: {path} is not a trainer's metrics.jsonl (a line is not a JSON "
+                     f"record with a step)") from None
   if not curves["val/loss_no_condition"]:
     raise SystemExit(f"error: {path} has no val/loss_no_condition records; train with "
                      f"eval.no_condition_baseline=True (configs/demo.py does)")

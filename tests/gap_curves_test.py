@@ -44,3 +44,14 @@ def test_a_run_without_the_no_condition_curve_is_one_clear_error(tmp_path):
   bad = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "x.png"), "nolabel"],
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode == 2 and "LABEL=PATH" in bad.stderr
+
+
+def test_a_missing_or_foreign_file_is_one_clear_error(tmp_path):
+  (tmp_path / "notes.txt").write_text("not json\n")
+  for path, words in ((tmp_path / "none.jsonl", "cannot read"),
+                      (tmp_path / "notes.txt", "is not a trainer's metrics.jsonl")):
+    run = subprocess.run([sys.executable, SCRIPT, "--out", str(tmp_path / "x.png"),
+                          f"a={path}"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()] and words in run.stderr
+  assert not (tmp_path / "x.png").exists()
