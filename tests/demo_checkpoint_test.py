@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 from flax import nnx
 
 from configs import demo as demo_config
@@ -107,8 +108,14 @@ def test_make_demo_samples_with_the_shipped_checkpoint_and_meets_issue_23s_targe
   results = json.loads((workdir / "demo_results.json").read_text())
   assert results["checkpoint_sha256"] == export.read_info(SHIPPED)["sha256"]
   assert not (workdir / "train").exists()  # nothing trained
-  sheets = [f for f in os.listdir(workdir / "samples") if f.endswith("_contact_sheet.png")]
+  sheets = sorted(f for f in os.listdir(workdir / "samples") if f.endswith("_contact_sheet.png"))
   assert len(sheets) == len(results["pairs"]) == 12
+  # Six rows of frames: source, render, prediction with and without the conditions, the target
+  # through the codec and the target (the last two differ: the codec blurs).
+  height = demo_config.get_config().data.height
+  with Image.open(workdir / "samples" / sheets[0]) as sheet:
+    rows = np.asarray(sheet).reshape(len(demo.SHEET_ROWS), height, -1, 3).astype(np.int64)
+  assert len(demo.SHEET_ROWS) == 6 and np.abs(rows[4] - rows[5]).mean() > 1
   # Issue 23: the camera + render add at least 2 dB over the same model and noise without them,
   # and the prediction beats every baseline on PSNR (on SSIM all but the render, whose covered
   # pixels are sharper than the stand-in codec can output: docs/experiments.md).

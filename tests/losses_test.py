@@ -113,6 +113,7 @@ def test_condition_dropout_trains_a_drawn_step_without_camera_and_render():
   model, batch = _tiny_postcam_and_batch()
   with_p, without = losses.LossConfig(condition_dropout=0.5), losses.LossConfig()
 
+  @jax.jit
   def dropped_loss(key):  # the loss written out with the no-condition inputs
     x0 = batch["target_latent"]
     sigma, weights, noise = losses.draw_noise(key, x0.shape, without)
@@ -140,8 +141,8 @@ def test_condition_dropout_trains_a_drawn_step_without_camera_and_render():
   p, n = tenth.condition_dropout, draws.shape[0]
   assert abs(float(np.mean(draws)) - p) < 3 * np.sqrt(p * (1 - p) / n)
   # Its gradient flows through the drawn branch (jit + grad of the cond).
-  grads = nnx.grad(lambda m: losses.flow_matching_loss(m, batch, jax.random.key(0), with_p)[0])(
-      model)
+  grads = nnx.jit(nnx.grad(
+      lambda m: losses.flow_matching_loss(m, batch, jax.random.key(0), with_p)[0]))(model)
   assert np.isfinite(float(optax.global_norm(grads))) and float(optax.global_norm(grads)) > 0
 
 
