@@ -37,9 +37,9 @@ def _tiny_bundle(path):
   rng = np.random.default_rng(0)
   nnx.update(model, jax.tree.map(lambda p: p + 0.01 * rng.standard_normal(p.shape, np.float32),
                                  params))
-  videos = [np.random.default_rng(i).uniform(-1, 1, (9, 16, 24, 3)).astype(np.float32)
-            for i in range(2)]
-  codec = codec_lib.PCACodec.fit(videos, channels=16)
+  videos = [np.random.default_rng(i).uniform(-1, 1, (9, 32, 48, 3)).astype(np.float32)
+            for i in range(2)]  # 144 blocks of 4x8x8: enough to fit up to 144 channels
+  codec = codec_lib.PCACodec.fit(videos, channels=model.cfg.in_dim)
   info = {"command": "test", "seed": 3, "recipe": {"a": 1}, "train_seconds": 1,
           "machine": "test", "made": "today", "metrics": {"train/loss": 0.5}}
   digest = export.save_bundle(str(path), model, codec, info)
@@ -57,7 +57,8 @@ def test_bundle_round_trip_is_exact_and_checked(tmp_path):
     assert np.array_equal(v, loaded_codec.state()[k])
   assert loaded_info == dict(info, sha256=digest)
   # The same outputs, so the demo samples exactly what --train made.
-  x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 3, 8, 12, 16)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 3, 8, 12, model.cfg.in_dim)),
+                  jnp.float32)
   ctx = jnp.asarray(np.random.default_rng(2).standard_normal((1, 16, model.cfg.text_dim)),
                     jnp.float32)
   cam = jnp.asarray(np.random.default_rng(3).standard_normal((1, 11, 12)), jnp.float32)
@@ -88,7 +89,7 @@ def test_an_altered_or_missing_bundle_is_refused(tmp_path, damage):
 def test_the_shipped_checkpoint_matches_its_checksum_and_the_recipe():
   info = export.verify(SHIPPED)
   assert info["command"] == "python -m postcam_jax.demo --train"
-  assert os.path.getsize(SHIPPED) < 8 * 2 ** 20  # a few MB
+  assert os.path.getsize(SHIPPED) < 10 * 2 ** 20  # "a few MB" (issue 23): 8.0 MiB
   model, codec, _ = demo.load_shipped(SHIPPED, _recipe())
   assert model.cfg.patch_size == tuple(demo_config.get_config().model.patch_size)
   assert codec.channels == model.cfg.in_dim
