@@ -119,7 +119,7 @@ def test_make_demo_samples_with_the_shipped_checkpoint_and_meets_issue_23s_targe
   assert len(demo.SHEET_ROWS) == 6 and np.abs(rows[4] - rows[5]).mean() > 1
   # Issue 23: the camera + render add at least 2 dB over the same model and noise without them,
   # and the prediction beats every baseline on PSNR (on SSIM all but the render, whose covered
-  # pixels are sharper than the stand-in codec can output: docs/experiments.md).
+  # pixels are sharper than the model's copy of them: docs/experiments.md).
   mean = results["mean"]
   assert results["condition_effect_db"] >= 2.0
   for baseline in ("no_condition", "render", "copy_source", "mean_image"):
