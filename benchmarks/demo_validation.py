@@ -2,7 +2,7 @@
 
   python benchmarks/demo_validation.py [--checkpoint postcam_jax/assets/demo_postcam.safetensors]
                                        [--pairs 0] [--sample_steps 25] [--draws 1]
-                                       [--scenes N --scene_seed S]
+                                       [--scenes N --scene_seed S] [--codec_channels 16,48]
 
 ``make demo`` scores 12 pairs of one unseen scene; this scores the validation scenes the trainer
 evaluates on (``data.num_eval_scenes`` scenes, all ordered camera pairs: 24 for the recipe), made
@@ -16,6 +16,9 @@ with its standard error over pairs. The numbers of docs/experiments.md come from
 ``--scenes N --scene_seed S`` scores other held-out scenes instead (N scenes from generator seed
 S, each encoded with the checkpoint's own codec): one set of scenes for checkpoints trained on
 different data seeds, so their gaps differ only by training, not by their validation scenes.
+A last line splits SSIM between the pixels the warp fills and its holes (where the render alone
+wins, and what an output through the codec could score at best); ``--codec_channels 16,48,96``
+adds the validation targets' SSIM through PCA codecs of those widths.
 """
 
 import argparse
@@ -31,6 +34,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 
 from postcam_jax import demo  # noqa: E402
+from postcam_jax.data import codec as codec_lib  # noqa: E402
+from postcam_jax.evaluation import fidelity  # noqa: E402
 from postcam_jax.inference import sampling  # noqa: E402
 from postcam_jax.training import data as train_data  # noqa: E402
 from postcam_jax.training import export  # noqa: E402
@@ -40,12 +45,67 @@ class SceneSeedError(ValueError):
   """A --scene_seed that would score the checkpoint's own training scenes."""
 
 
-def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_dir: str,
-                     draws: int = 1, scenes: int = 0, scene_seed: int | None = None):
-  """Rows of ``demo.score_pair`` (one per pair) for ``checkpoint``'s validation pairs; with
-  ``draws`` > 1 each pair is sampled with that many noises and its scores averaged. ``scenes``
-  and ``scene_seed``: other held-out scenes (that many, from that generator seed) instead of the
-  recipe's, encoded with the checkpoint's own codec and captions."""
+# Where the render alone wins on SSIM: the pixels the warp fills, which it gives exactly while
+# anything decoded from a latent cell is at best the codec's reconstruction there.
+SPLIT_VIDEOS = ("pred", "render", "codec_ceiling")
+
+
+def ssim_split(holes, target, videos) -> dict:
+  """SSIM of each video of SPLIT_VIDEOS (``videos``, in [-1, 1]) against ``target`` over the
+  pixels the warp fills and over its ``holes`` [T, H, W], the filled fraction of the scored
+  pixels, and ``best_through_codec``: the SSIM of a video at the codec ceiling where the warp fills
+  and the prediction in the holes (the most a better copy of the render can give)."""
+  holes = np.asarray(holes, bool)
+  row = {}
+  for key in SPLIT_VIDEOS:
+    row[f"{key}_ssim_filled"] = fidelity.ssim_within(videos[key], target, ~holes, peak=2.0)
+    row[f"{key}_ssim_holes"] = fidelity.ssim_within(videos[key], target, holes, peak=2.0)
+  r = fidelity.SSIM_RADIUS
+  filled = float((~holes[:, r:holes.shape[1] - r, r:holes.shape[2] - r]).mean())
+  row["filled_fraction"] = filled
+  row["best_through_codec"] = filled * row["codec_ceiling_ssim_filled"] + (
+      (1.0 - filled) * row["pred_ssim_holes"] if filled < 1.0 else 0.0)
+  return row
+
+
+def split_line(rows) -> str:
+  """The printed summary of :func:`ssim_split` over pairs (pairs without holes skip the holes)."""
+  m = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0] if k in _SPLIT_KEYS}
+  return (f"SSIM where the warp fills the target ({m['filled_fraction']:.0%} of the scored pixels) "
+          f"/ in its holes: prediction {m['pred_ssim_filled']:.3f} / {m['pred_ssim_holes']:.3f}, "
+          f"render alone {m['render_ssim_filled']:.3f} / {m['render_ssim_holes']:.3f}, codec "
+          f"ceiling {m['codec_ceiling_ssim_filled']:.3f} / {m['codec_ceiling_ssim_holes']:.3f}. "
+          f"At the codec ceiling where the warp fills and with the prediction's holes an output "
+          f"would score {m['best_through_codec']:.3f} against the render alone's "
+          f"{np.mean([r['render_ssim'] for r in rows]):.3f}.")
+
+
+_SPLIT_KEYS = {f"{k}_ssim_{part}" for k in SPLIT_VIDEOS for part in ("filled", "holes")} | {
+    "filled_fraction", "best_through_codec"}
+
+
+def ceiling_by_channels(data, channels) -> list[str]:
+  """Lines: for each codec width in ``channels``, the SSIM of the validation targets through a
+  PCA codec of that many channels fitted like the recipe's (on its training videos), over the
+  pixels the warp fills and its holes; what sharpness any model could reach with that codec."""
+  train = [v.astype(np.float32) / 127.5 - 1.0 for pair in train_data.pixel_examples(data, "train")
+           for v in (pair["target_video"], pair["source_video"])]
+  pairs = [demo.pair_videos(p, data) for p in train_data.pixel_examples(data, "eval")]
+  lines = []
+  for c in channels:
+    fitted = codec_lib.PCACodec.fit(train, channels=c, seed=data.seed,
+                                    whiten=bool(data.get("codec_whiten", True)))
+    scores = [(fidelity.ssim(fitted.decode(fitted.encode(v["target"])), v["target"], peak=2.0),
+               fidelity.ssim_within(fitted.decode(fitted.encode(v["target"])), v["target"],
+                                    ~np.asarray(v["holes"], bool), peak=2.0)) for v in pairs]
+    whole, filled = np.mean(scores, axis=0)
+    lines.append(f"  {c:>4} channels: SSIM {whole:.3f}, where the warp fills {filled:.3f}")
+  return lines
+
+
+def recipe_data(checkpoint: str, cache_dir: str, scenes: int = 0, scene_seed: int | None = None):
+  """``checkpoint``'s model, codec and the data config of the recipe it records, its held-out
+  scenes replaced by ``scenes`` scenes of generator seed ``scene_seed`` where given."""
   model, codec, info = export.load_bundle(checkpoint)
   if not isinstance(info.get("recipe"), dict) or "data" not in info["recipe"]:
     raise export.BundleError(f"{export.sidecar(checkpoint)} records no recipe data (not made by "
@@ -63,6 +123,16 @@ def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_d
       train_data.held_out_seed(data)  # not the training scenes'
     except ValueError as e:
       raise SceneSeedError(f"--scene_seed {scene_seed}: {e}") from None
+  return model, codec, data
+
+
+def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_dir: str,
+                     draws: int = 1, scenes: int = 0, scene_seed: int | None = None):
+  """Rows of ``demo.score_pair`` and :func:`ssim_split` (one per pair) for ``checkpoint``'s
+  validation pairs; with ``draws`` > 1 each pair is sampled with that many noises and its scores
+  averaged. ``scenes`` and ``scene_seed``: other held-out scenes (that many, from that generator
+  seed) instead of the recipe's, encoded with the checkpoint's own codec and captions."""
+  model, codec, data = recipe_data(checkpoint, cache_dir, scenes, scene_seed)
   pixels = train_data.pixel_examples(data, "eval")
   latents = train_data.synthetic_examples(data, "eval")
   chosen = range(len(pixels)) if num_pairs <= 0 else range(min(num_pairs, len(pixels)))
@@ -82,11 +152,12 @@ def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_d
         **common))
     rows = []
     for j, i in enumerate(chosen):
-      rows.append(demo.score_pair(
-          f"{i:02d}", target=videos[j]["target"], pred=codec.decode(pred[j]),
-          no_condition=codec.decode(blind[j]), render=videos[j]["render"],
+      decoded = dict(pred=codec.decode(pred[j]), render=videos[j]["render"],
+                     codec_ceiling=codec.decode(latents[i]["target_latent"]))
+      rows.append(dict(demo.score_pair(
+          f"{i:02d}", target=videos[j]["target"], no_condition=codec.decode(blind[j]),
           copy_source=videos[j]["source"], mean_image=codec.decode(np.zeros_like(pred[j])),
-          codec_ceiling=codec.decode(latents[i]["target_latent"])))
+          **decoded), **ssim_split(videos[j]["holes"], videos[j]["target"], decoded)))
     per_draw.append(rows)
   rows = [dict(demo.mean_scores(list(same)), pair=same[0]["pair"]) for same in zip(*per_draw)]
   return rows
@@ -103,6 +174,10 @@ def main():
   parser.add_argument("--scenes", type=int, default=0,
                       help="held-out scenes to score (all their ordered camera pairs); 0: the "
                            "recipe's data.num_eval_scenes")
+  parser.add_argument("--codec_channels", default="",
+                      help="comma-separated codec widths (e.g. 16,48,96): also print the SSIM of "
+                           "the validation targets through a PCA codec of each width, fitted "
+                           "like the recipe's, overall and where the warp fills them")
   parser.add_argument("--scene_seed", type=int, default=None,
                       help="generator seed of those scenes (default: the recipe's, data.seed + "
                            "1000); one seed for checkpoints of several data seeds scores them "
@@ -111,9 +186,18 @@ def main():
   if args.draws < 1 or args.sample_steps < 1 or args.scenes < 0:
     parser.error("--draws and --sample_steps must be at least 1, --scenes at least 0")
   try:
+    channels = [int(c) for c in args.codec_channels.split(",") if c.strip()]
+  except ValueError:
+    parser.error(f"--codec_channels takes whole numbers separated by commas; got "
+                 f"{args.codec_channels!r}")
+  ceilings = []
+  try:
     with tempfile.TemporaryDirectory() as cache_dir:
       rows = score_validation(args.checkpoint, args.pairs, args.sample_steps, cache_dir,
                               args.draws, args.scenes, args.scene_seed)
+      if channels:
+        _, _, data = recipe_data(args.checkpoint, cache_dir, args.scenes, args.scene_seed)
+        ceilings = ceiling_by_channels(data, channels)
   except export.BundleError as e:
     sys.exit(f"error: --checkpoint {e}")
   except SceneSeedError as e:
@@ -125,6 +209,11 @@ def main():
   print(f"camera + render add {gaps.mean():+.2f} dB PSNR (standard error {se:.2f} over "
         f"{len(gaps)} pairs x {args.draws} noise draw(s); {int((gaps > 0).sum())} pairs gain), "
         f"{mean['pred_ssim'] - mean['no_condition_ssim']:+.3f} SSIM")
+  print(split_line(rows))
+  if ceilings:
+    print("The validation targets through a PCA codec of each width (what sharpness a model "
+          "could reach with it):")
+    print("\n".join(ceilings))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -44,13 +45,45 @@ def test_scores_every_validation_pair_and_averages_noise_draws(tmp_path):
   two = demo_validation.score_validation(path, 0, 2, str(tmp_path / "b"), draws=2)
   assert [r["pair"] for r in one] == [r["pair"] for r in two] == ["00", "01"]  # 2 ordered pairs
   for a, b in zip(one, two):
-    assert set(a) == {"pair"} | {f"{k}_{m}" for k, _ in demo.SCORED for m in ("psnr", "ssim")}
+    assert set(a) == {"pair"} | {f"{k}_{m}" for k, _ in demo.SCORED
+                                 for m in ("psnr", "ssim")} | demo_validation._SPLIT_KEYS
     for key in ("render", "copy_source", "mean_image", "codec_ceiling"):  # no noise in these
       assert a[f"{key}_psnr"] == b[f"{key}_psnr"], key
     assert a["pred_psnr"] != b["pred_psnr"]  # the second noise's sample enters the average
     # The latents are the recorded recipe's and the codec the checkpoint's: their decode is
     # the target's best reconstruction, far above the flat mean image.
     assert a["codec_ceiling_psnr"] > a["mean_image_psnr"] + 3.0
+  _check_ssim_split(one)
+
+
+def _check_ssim_split(rows):
+  """The split weighs back to each video's whole SSIM, the render alone is the warp's exact
+  pixels where it fills (so far better there than in its holes), and the best output through
+  the codec is its ceiling where the warp fills with the prediction's holes."""
+  for r in rows:
+    f = r["filled_fraction"]
+    assert 0.0 < f < 1.0
+    for key in demo_validation.SPLIT_VIDEOS:
+      whole = f * r[f"{key}_ssim_filled"] + (1 - f) * r[f"{key}_ssim_holes"]
+      assert whole == pytest.approx(r[f"{key}_ssim"], abs=1e-9), key
+    assert r["render_ssim_filled"] > r["render_ssim_holes"] + 0.3
+    assert r["best_through_codec"] == pytest.approx(
+        f * r["codec_ceiling_ssim_filled"] + (1 - f) * r["pred_ssim_holes"], abs=1e-12)
+  line = demo_validation.split_line(rows)
+  mean = lambda key: np.mean([r[key] for r in rows])
+  assert (f"prediction {mean('pred_ssim_filled'):.3f} / {mean('pred_ssim_holes'):.3f}, render "
+          f"alone {mean('render_ssim_filled'):.3f}") in line, line
+  assert f"would score {mean('best_through_codec'):.3f} against" in line, line
+
+
+def test_codec_ceiling_rises_with_channels(tmp_path):
+  path = _small_checkpoint(tmp_path)
+  _, _, data = demo_validation.recipe_data(path, str(tmp_path / "a"))
+  lines = demo_validation.ceiling_by_channels(data, [2, 32])
+  assert len(lines) == 2 and "2 channels" in lines[0] and "32 channels" in lines[1]
+  ssim = [float(l.split("SSIM ")[1].split(",")[0]) for l in lines]
+  filled = [float(l.rsplit(" ", 1)[1]) for l in lines]
+  assert ssim[1] > ssim[0] + 0.1 and filled[1] > filled[0] + 0.1, lines
 
 
 def test_other_held_out_scenes_by_count_and_seed(tmp_path):
@@ -81,3 +114,6 @@ def test_the_command_line_fails_in_one_line(tmp_path):
   done = subprocess.run([sys.executable, SCRIPT, "--draws", "0"], capture_output=True,
                         text=True, timeout=300, cwd=REPO)
   assert done.returncode == 2 and "--draws" in done.stderr.splitlines()[-1]
+  done = subprocess.run([sys.executable, SCRIPT, "--codec_channels", "16,x"], capture_output=True,
+                        text=True, timeout=300, cwd=REPO)
+  assert done.returncode == 2 and "--codec_channels" in done.stderr.splitlines()[-1]

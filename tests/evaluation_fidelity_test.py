@@ -49,6 +49,40 @@ def test_ssim_closed_forms():
   np.testing.assert_allclose(fidelity.ssim_frames(flat_a, flat_b), want, rtol=1e-12)
 
 
+def test_ssim_map_is_scikit_images_map_inside_the_frame():
+  """The per-pixel map (channel mean) is scikit-image's full SSIM image without its 5-pixel
+  border, where the window leaves the frame."""
+  a, b = videos(6)
+  got = fidelity.ssim_map(a, b)
+  assert got.shape == (3, 30, 42)
+  for x, y, frame in zip(a, b, got):
+    _, full = structural_similarity(x, y, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, data_range=255, full=True)
+    np.testing.assert_allclose(frame, full[5:-5, 5:-5].mean(axis=-1), rtol=0, atol=1e-12)
+
+
+def test_ssim_within_a_mask():
+  """The mean over a mask's pixels: the two halves of a split weigh to the whole frame's SSIM,
+  a frame left equal only where the mask is scores 1 there, and an empty mask gives nan."""
+  a, b = videos(7)
+  b[:, :, :20] = a[:, :, :20]
+  left = np.zeros(a.shape[:3], bool)
+  left[:, :, :10] = True  # windows of columns 5..9 see only equal pixels
+  assert fidelity.ssim_within(a, b, left) == pytest.approx(1.0, abs=1e-12)
+  right = ~left
+  n_left = left[:, 5:-5, 5:-5].sum()
+  n_right = right[:, 5:-5, 5:-5].sum()
+  whole = (n_left * fidelity.ssim_within(a, b, left)
+           + n_right * fidelity.ssim_within(a, b, right)) / (n_left + n_right)
+  assert whole == pytest.approx(fidelity.ssim(a, b), abs=1e-12)
+  assert fidelity.ssim_within(a, b, right) < 0.99  # the noisy part: 0.967
+  edge = np.zeros(a.shape[:3], bool)
+  edge[:, :5] = True  # only the border, where no window fits
+  assert np.isnan(fidelity.ssim_within(a, b, edge))
+  with pytest.raises(ValueError, match="mask"):
+    fidelity.ssim_within(a, b, left[:, :30])
+
+
 def test_psnr_frames_is_the_projects_psnr_per_frame():
   a, b = videos(4)
   b[1] = a[1]

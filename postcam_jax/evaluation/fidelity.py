@@ -31,6 +31,7 @@ def psnr(a, b, *, peak: float = 255.0, mask=None) -> float:
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
 SSIM_K = (0.01, 0.03)
+SSIM_RADIUS = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)  # 5: the 11 x 11 window
 
 
 def _blur(x: np.ndarray) -> np.ndarray:
@@ -41,8 +42,10 @@ def _blur(x: np.ndarray) -> np.ndarray:
   return x
 
 
-def ssim_frames(a, b, *, peak: float = 255.0) -> np.ndarray:
-  """SSIM of each frame: float64 [N] for two videos [N, H, W, C] (or [N, H, W]) of one shape.
+def ssim_map(a, b, *, peak: float = 255.0) -> np.ndarray:
+  """SSIM at each pixel of each frame: float64 [N, H - 10, W - 10] for two videos [N, H, W, C]
+  (or [N, H, W]) of one shape, the mean over channels at the pixels whose 11 x 11 window lies
+  inside the frame (the pixels :func:`ssim_frames` averages).
 
   ``peak``: the data range (255 for uint8 pixels, 2 for videos in [-1, 1]). Frames must be at
   least 11 x 11 pixels (the window).
@@ -54,7 +57,7 @@ def ssim_frames(a, b, *, peak: float = 255.0) -> np.ndarray:
     a, b = a[..., None], b[..., None]
   if a.ndim != 4:
     raise ValueError(f"ssim takes videos [N, H, W, C] or [N, H, W]; got {a.shape}")
-  radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+  radius = SSIM_RADIUS
   if min(a.shape[1:3]) < 2 * radius + 1:
     raise ValueError(f"ssim needs frames of at least {2 * radius + 1}x{2 * radius + 1} pixels; "
                      f"got {a.shape[1]}x{a.shape[2]}")
@@ -65,8 +68,26 @@ def ssim_frames(a, b, *, peak: float = 255.0) -> np.ndarray:
   cov = _blur(a * b) - mu_a * mu_b
   s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b
                                                                                    + c2))
-  inner = s[:, radius:s.shape[1] - radius, radius:s.shape[2] - radius]
-  return inner.reshape(len(s), -1).mean(axis=1)
+  return s[:, radius:s.shape[1] - radius, radius:s.shape[2] - radius].mean(axis=-1)
+
+
+def ssim_frames(a, b, *, peak: float = 255.0) -> np.ndarray:
+  """SSIM of each frame: float64 [N] for two videos [N, H, W, C] (or [N, H, W]) of one shape
+  (the mean of :func:`ssim_map` over each frame)."""
+  s = ssim_map(a, b, peak=peak)
+  return s.reshape(len(s), -1).mean(axis=1)
+
+
+def ssim_within(a, b, mask, *, peak: float = 255.0) -> float:
+  """Mean SSIM over the pixels of ``mask`` (bool [N, H, W]) whose window lies inside the frame,
+  e.g. where a warp fills the target and where it leaves holes; nan when it selects none."""
+  s = ssim_map(a, b, peak=peak)
+  mask = np.asarray(mask, bool)
+  if mask.shape != s.shape[:1] + (s.shape[1] + 2 * SSIM_RADIUS, s.shape[2] + 2 * SSIM_RADIUS):
+    raise ValueError(f"ssim_within needs a mask [N, H, W] of the videos' frames; got "
+                     f"{mask.shape} for videos of {s.shape[0]} frames")
+  inner = mask[:, SSIM_RADIUS:mask.shape[1] - SSIM_RADIUS, SSIM_RADIUS:mask.shape[2] - SSIM_RADIUS]
+  return float(s[inner].mean()) if inner.any() else float("nan")
 
 
 def ssim(a, b, *, peak: float = 255.0) -> float:
