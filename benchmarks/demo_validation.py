@@ -58,8 +58,8 @@ def ssim_split(holes, target, videos) -> dict:
   holes = np.asarray(holes, bool)
   row = {}
   for key in SPLIT_VIDEOS:
-    row[f"{key}_ssim_filled"] = fidelity.ssim_within(videos[key], target, ~holes, peak=2.0)
-    row[f"{key}_ssim_holes"] = fidelity.ssim_within(videos[key], target, holes, peak=2.0)
+    row[f"{key}_ssim_filled"], row[f"{key}_ssim_holes"] = fidelity.ssim_inside_outside(
+        videos[key], target, ~holes, peak=2.0)
   r = fidelity.SSIM_RADIUS
   filled = float((~holes[:, r:holes.shape[1] - r, r:holes.shape[2] - r]).mean())
   row["filled_fraction"] = filled
@@ -99,8 +99,8 @@ def ceiling_by_channels(data, channels) -> list[str]:
     for v in pairs:
       through = fitted.decode(fitted.encode(v["target"]))
       scores.append((fidelity.ssim(through, v["target"], peak=2.0),
-                     fidelity.ssim_within(through, v["target"], ~np.asarray(v["holes"], bool),
-                                          peak=2.0)))
+                     fidelity.ssim_inside_outside(through, v["target"],
+                                                  ~np.asarray(v["holes"], bool), peak=2.0)[0]))
     whole, filled = np.mean(scores, axis=0)
     lines.append(f"  {c:>4} channels: SSIM {whole:.3f}, where the warp fills {filled:.3f}")
   return lines
@@ -190,8 +190,10 @@ def main():
     parser.error("--draws and --sample_steps must be at least 1, --scenes at least 0")
   try:
     channels = [int(c) for c in args.codec_channels.split(",") if c.strip()]
+    if any(c < 1 for c in channels):
+      raise ValueError
   except ValueError:
-    parser.error(f"--codec_channels takes whole numbers separated by commas; got "
+    parser.error(f"--codec_channels takes positive whole numbers separated by commas; got "
                  f"{args.codec_channels!r}")
   ceilings = []
   try:

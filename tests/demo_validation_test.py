@@ -114,6 +114,7 @@ def test_the_command_line_fails_in_one_line(tmp_path):
   done = subprocess.run([sys.executable, SCRIPT, "--draws", "0"], capture_output=True,
                         text=True, timeout=300, cwd=REPO)
   assert done.returncode == 2 and "--draws" in done.stderr.splitlines()[-1]
-  done = subprocess.run([sys.executable, SCRIPT, "--codec_channels", "16,x"], capture_output=True,
-                        text=True, timeout=300, cwd=REPO)
-  assert done.returncode == 2 and "--codec_channels" in done.stderr.splitlines()[-1]
+  for bad in ("16,x", "16,0"):
+    done = subprocess.run([sys.executable, SCRIPT, "--codec_channels", bad], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 2 and "--codec_channels" in done.stderr.splitlines()[-1], bad

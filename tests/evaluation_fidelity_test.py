@@ -64,26 +64,26 @@ def test_ssim_map_is_scikit_images_map_inside_the_frame():
     np.testing.assert_allclose(frame, full[5:-5, 5:-5].mean(axis=-1), rtol=0, atol=FLOAT64_ROUNDING)
 
 
-def test_ssim_within_a_mask():
-  """The mean over a mask's pixels: the two halves of a split weigh to the whole frame's SSIM,
-  a frame left equal only where the mask is scores 1 there, and an empty mask gives nan."""
+def test_ssim_inside_and_outside_a_mask():
+  """The means over a mask's pixels and the rest: they weigh back to the whole frame's SSIM, a
+  frame left equal only where the mask is scores 1 there, and an empty side gives nan."""
   a, b = videos(7)
   b[:, :, :20] = a[:, :, :20]
   left = np.zeros(a.shape[:3], bool)
   left[:, :, :10] = True  # windows of columns 5..9 see only equal pixels
-  assert fidelity.ssim_within(a, b, left) == pytest.approx(1.0, abs=1e-12)
-  right = ~left
+  inside, outside = fidelity.ssim_inside_outside(a, b, left)
+  assert inside == pytest.approx(1.0, abs=FLOAT64_ROUNDING)
+  assert outside < 0.99  # the noisy part: 0.967
   n_left = left[:, 5:-5, 5:-5].sum()
-  n_right = right[:, 5:-5, 5:-5].sum()
-  whole = (n_left * fidelity.ssim_within(a, b, left)
-           + n_right * fidelity.ssim_within(a, b, right)) / (n_left + n_right)
-  assert whole == pytest.approx(fidelity.ssim(a, b), abs=1e-12)
-  assert fidelity.ssim_within(a, b, right) < 0.99  # the noisy part: 0.967
+  n_right = (~left)[:, 5:-5, 5:-5].sum()
+  whole = (n_left * inside + n_right * outside) / (n_left + n_right)
+  assert whole == pytest.approx(fidelity.ssim(a, b), abs=FLOAT64_ROUNDING)
   edge = np.zeros(a.shape[:3], bool)
   edge[:, :5] = True  # only the border, where no window fits
-  assert np.isnan(fidelity.ssim_within(a, b, edge))
+  inside, outside = fidelity.ssim_inside_outside(a, b, edge)
+  assert np.isnan(inside) and outside == pytest.approx(fidelity.ssim(a, b), abs=FLOAT64_ROUNDING)
   with pytest.raises(ValueError, match="mask"):
-    fidelity.ssim_within(a, b, left[:, :30])
+    fidelity.ssim_inside_outside(a, b, left[:, :30])
 
 
 def test_psnr_frames_is_the_projects_psnr_per_frame():

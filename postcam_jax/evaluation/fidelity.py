@@ -78,16 +78,18 @@ def ssim_frames(a, b, *, peak: float = 255.0) -> np.ndarray:
   return s.reshape(len(s), -1).mean(axis=1)
 
 
-def ssim_within(a, b, mask, *, peak: float = 255.0) -> float:
-  """Mean SSIM over the pixels of ``mask`` (bool [N, H, W]) whose window lies inside the frame,
-  e.g. where a warp fills the target and where it leaves holes; nan when it selects none."""
+def ssim_inside_outside(a, b, mask, *, peak: float = 255.0) -> tuple[float, float]:
+  """Mean SSIM over the pixels of ``mask`` (bool [N, H, W]) and over the rest, of the pixels
+  whose window lies inside the frame (one SSIM map for both), e.g. where a warp fills the target
+  and where it leaves holes; nan for a side that selects none."""
   s = ssim_map(a, b, peak=peak)
   mask = np.asarray(mask, bool)
   if mask.shape != s.shape[:1] + (s.shape[1] + 2 * SSIM_RADIUS, s.shape[2] + 2 * SSIM_RADIUS):
-    raise ValueError(f"ssim_within needs a mask [N, H, W] of the videos' frames; got "
+    raise ValueError(f"ssim_inside_outside needs a mask [N, H, W] of the videos' frames; got "
                      f"{mask.shape} for videos of {s.shape[0]} frames")
   inner = mask[:, SSIM_RADIUS:mask.shape[1] - SSIM_RADIUS, SSIM_RADIUS:mask.shape[2] - SSIM_RADIUS]
-  return float(s[inner].mean()) if inner.any() else float("nan")
+  mean = lambda where: float(s[where].mean()) if where.any() else float("nan")
+  return mean(inner), mean(~inner)
 
 
 def ssim(a, b, *, peak: float = 255.0) -> float:
