@@ -167,3 +167,27 @@ def test_bad_inputs():
     camera.camera_errors(np.eye(4)[None], np.eye(4)[None])
   with pytest.raises(ValueError, match=r"\[T, 3, 4\] or \[T, 4, 4\]"):
     camera.camera_errors(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)))
+
+
+FLOAT64_ROUNDING = 1e-9  # float64 products and an arccos of 4x4 poses
+
+
+def test_placement_errors_say_where_each_camera_is():
+  """Unlike the protocol, placement keeps the world: a whole path turned by 20 degrees about a
+  vertical axis 5 m ahead of its first camera has RotErr 0, but every camera is turned by 20
+  degrees and the first one moved by 2 * 5 sin(10 deg) m."""
+  c2w = arc_c2w()
+  pivot = np.array([0.0, 0.0, 5.0])
+  turn = Rotation.from_euler("y", 20.0, degrees=True).as_matrix()
+  moved = c2w.copy()
+  moved[:, :3, :3] = turn @ c2w[:, :3, :3]
+  moved[:, :3, 3] = (c2w[:, :3, 3] - pivot) @ turn.T + pivot
+  degrees, metres = camera.placement_errors(w2c_of(c2w), w2c_of(moved))
+  np.testing.assert_allclose(degrees, 20.0, rtol=FLOAT64_ROUNDING)
+  np.testing.assert_allclose(metres[0], 2 * 5 * np.sin(np.radians(10.0)),
+                             rtol=FLOAT64_ROUNDING)
+  assert camera.camera_errors(w2c_of(c2w), w2c_of(moved)).rot_err < 1e-6
+  np.testing.assert_allclose(camera.placement_errors(w2c_of(c2w), w2c_of(c2w)), 0.0,
+                             atol=FLOAT64_ROUNDING)
+  with pytest.raises(ValueError, match="same frames"):
+    camera.placement_errors(w2c_of(c2w), w2c_of(c2w)[:3])

@@ -147,6 +147,21 @@ def camera_errors(requested_w2c, estimated_w2c) -> CameraErrors:
   return CameraErrors(rot=rot, trans=trans, cam_mc=cam_mc, requested=a, estimated=b)
 
 
+def placement_errors(requested_w2c, estimated_w2c) -> tuple[np.ndarray, np.ndarray]:
+  """Per frame [T]: the angle (degrees) between the requested and the estimated camera's
+  orientation and the distance between their centres, in the world and scale the two paths share.
+  Only for an estimator whose poses are in the requested path's own world and units
+  (``alignment.SourceAlignment``): it says where each camera is, which the protocol above,
+  relative to the first frame and scale-free, leaves out."""
+  req, est = as_4x4(requested_w2c), as_4x4(estimated_w2c)
+  if req.shape != est.shape:
+    raise ValueError(f"the requested and estimated trajectories must have the same frames; got "
+                     f"{req.shape[0]} and {est.shape[0]}")
+  centre = lambda m: -np.einsum("tji,tj->ti", m[:, :3, :3], m[:, :3, 3])
+  return (np.degrees(rotation_angles(req[:, :3, :3], est[:, :3, :3])),
+          np.linalg.norm(centre(req) - centre(est), axis=-1))
+
+
 def trajectory_kind(w2c) -> str:
   """A coarse name for a path from its geometry (relative to its first frame): ``static``,
   ``pan`` / ``tilt`` / ``roll`` (rotation only, about the camera's y / x / z axis), ``dolly`` /
