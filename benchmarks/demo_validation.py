@@ -3,6 +3,7 @@
   python benchmarks/demo_validation.py [--checkpoint postcam_jax/assets/demo_postcam.safetensors]
                                        [--pairs 0] [--sample_steps 25] [--draws 1]
                                        [--scenes N --scene_seed S] [--codec_channels 16,48]
+                                       [--camera]
 
 ``make demo`` scores 12 pairs of one unseen scene; this scores the validation scenes the trainer
 evaluates on (``data.num_eval_scenes`` scenes, all ordered camera pairs: 24 for the recipe), made
@@ -18,7 +19,10 @@ S, each encoded with the checkpoint's own codec): one set of scenes for checkpoi
 different data seeds, so their gaps differ only by training, not by their validation scenes.
 A last line splits SSIM between the pixels the warp fills and its holes (where the render alone
 wins, and what an output through the codec could score at best); ``--codec_channels 16,48,96``
-adds the validation targets' SSIM through PCA codecs of those widths.
+adds the validation targets' SSIM through PCA codecs of those widths. ``--camera`` adds the demo's
+camera table: the cameras of the prediction, the prediction without camera + render and the true
+target (first noise draw), found by aligning each video to the source's exact depth
+(``evaluation.alignment``), against the requested ones (~2 s per video, 3 videos per pair).
 """
 
 import argparse
@@ -130,11 +134,14 @@ def recipe_data(checkpoint: str, cache_dir: str, scenes: int = 0, scene_seed: in
 
 
 def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_dir: str,
-                     draws: int = 1, scenes: int = 0, scene_seed: int | None = None):
+                     draws: int = 1, scenes: int = 0, scene_seed: int | None = None,
+                     camera: bool = False):
   """Rows of ``demo.score_pair`` and :func:`ssim_split` (one per pair) for ``checkpoint``'s
   validation pairs; with ``draws`` > 1 each pair is sampled with that many noises and its scores
   averaged. ``scenes`` and ``scene_seed``: other held-out scenes (that many, from that generator
-  seed) instead of the recipe's, encoded with the checkpoint's own codec and captions."""
+  seed) instead of the recipe's, encoded with the checkpoint's own codec and captions.
+  ``camera``: the rows also hold the demo's camera columns (``demo.camera_rows`` of the first
+  draw's videos, cameras found from the source's exact depth)."""
   model, codec, data = recipe_data(checkpoint, cache_dir, scenes, scene_seed)
   pixels = train_data.pixel_examples(data, "eval")
   latents = train_data.synthetic_examples(data, "eval")
@@ -162,7 +169,15 @@ def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_d
           copy_source=videos[j]["source"], mean_image=codec.decode(np.zeros_like(pred[j])),
           **decoded), **ssim_split(videos[j]["holes"], videos[j]["target"], decoded)))
     per_draw.append(rows)
+    if camera and draw == 0:
+      examples = [dict(name=f"{i:02d}", **videos[j], **{k: pixels[i][k] for k in (
+          "target_w2c", "source_depth", "source_w2c", "intrinsics")})
+                  for j, i in enumerate(chosen)]
+      cameras = demo.camera_rows(examples, [codec.decode(p) for p in pred],
+                                 [codec.decode(b) for b in blind])
   rows = [dict(demo.mean_scores(list(same)), pair=same[0]["pair"]) for same in zip(*per_draw)]
+  if camera:
+    rows = [dict(row, **cam) for row, cam in zip(rows, cameras)]
   return rows
 
 
@@ -185,6 +200,9 @@ def main():
                       help="generator seed of those scenes (default: the recipe's, data.seed + "
                            "1000); one seed for checkpoints of several data seeds scores them "
                            "on the same scenes")
+  parser.add_argument("--camera", action="store_true",
+                      help="also find each video's cameras (the source's exact depth, "
+                           "evaluation.alignment) and print the demo's camera table")
   args = parser.parse_args()
   if args.draws < 1 or args.sample_steps < 1 or args.scenes < 0:
     parser.error("--draws and --sample_steps must be at least 1, --scenes at least 0")
@@ -199,7 +217,7 @@ def main():
   try:
     with tempfile.TemporaryDirectory() as cache_dir:
       rows = score_validation(args.checkpoint, args.pairs, args.sample_steps, cache_dir,
-                              args.draws, args.scenes, args.scene_seed)
+                              args.draws, args.scenes, args.scene_seed, args.camera)
       if channels:
         _, _, data = recipe_data(args.checkpoint, cache_dir, args.scenes, args.scene_seed)
         ceilings = ceiling_by_channels(data, channels)
@@ -215,6 +233,14 @@ def main():
         f"{len(gaps)} pairs x {args.draws} noise draw(s); {int((gaps > 0).sum())} pairs gain), "
         f"{mean['pred_ssim'] - mean['no_condition_ssim']:+.3f} SSIM")
   print(split_line(rows))
+  if args.camera:
+    keys = [f"{v}_{m}" for v, _ in demo.CAMERA_VIDEOS
+            for m in ("rot_err", "trans_err", "cam_mc", "place_deg", "place_m")]
+    print("Camera accuracy against the requested target path (first noise draw; cameras found "
+          "from the source's exact depth, evaluation.alignment; deg / m: where they are):")
+    print("\n".join(demo.camera_table(rows, {k: float(np.mean([r[k] for r in rows]))
+                                             for k in keys})))
+    print(demo.camera_summary_line(rows))
   if ceilings:
     print("The validation targets through a PCA codec of each width (what sharpness a model "
           "could reach with it):")

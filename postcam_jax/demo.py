@@ -25,10 +25,11 @@ the current ``configs/demo.py``, before anything else, then runs steps 3-4. ``--
    prediction can be); prints PSNR and SSIM against the true target video of the prediction, the
    same model without camera and render, the render alone, copy-the-source, the mean image (the
    codec's mean block everywhere) and the codec's own ceiling (the target encoded and decoded).
-   With ``--depth_model`` (a converted Depth Anything 3 folder) it also prints camera accuracy:
-   RotErr, TransErr and CamMC of the camera path DA3 finds in the prediction, the prediction
-   without camera/render and the true target (the estimator's own error) against the requested
-   target path (``postcam_jax.evaluation``).
+   Then camera accuracy: RotErr, TransErr and CamMC of the camera path found in the prediction,
+   the prediction without camera/render and the true target (the finder's own error) against the
+   requested target path (``postcam_jax.evaluation``); the path is found by aligning each video to
+   the source's exact depth (``evaluation.alignment``: offline, no network), or with
+   ``--depth_model`` (a converted Depth Anything 3 folder) by DA3 as the paper's protocol.
 """
 
 import dataclasses
@@ -54,7 +55,7 @@ from postcam_jax.convert import postcam as postcam_convert
 from postcam_jax.data import arrayrecord, multicam, pairs, synthetic
 from postcam_jax.data import codec as codec_lib
 from postcam_jax.evaluation import camera as camera_lib
-from postcam_jax.evaluation import fidelity, poses, report
+from postcam_jax.evaluation import alignment, fidelity, poses, report
 from postcam_jax.inference import cli as sample_cli
 from postcam_jax.inference import sampling
 from postcam_jax.io import model_dir, video
@@ -118,7 +119,8 @@ def held_out_pairs(config, workdir, codec, num_pairs):
         "render_latent": codec.encode(videos["render_input"]),
         "target_latent": codec.encode(videos["target"]),
         "context": text(pixel["caption"]), "camera": np.asarray(pixel["camera"], np.float32),
-        "target_w2c": np.asarray(pixel["target_w2c"], np.float64)})
+        "target_w2c": np.asarray(pixel["target_w2c"], np.float64),
+        **{k: pixel[k] for k in ("source_depth", "source_w2c", "intrinsics")}})
   return out
 
 
@@ -210,31 +212,65 @@ CAMERA_VIDEOS = (("pred", "prediction"), ("no_condition", "no camera/render"),
                  ("target", "true target"))
 
 
-def camera_rows(examples, predictions, blind_predictions, estimator):
-  """Camera accuracy per pair: RotErr, TransErr, CamMC (``evaluation.camera``) of the path
-  ``estimator`` (``poses.PoseEstimator``) finds in the prediction, the prediction without
-  camera/render and the true target, against the pair's requested target path."""
+def camera_rows(examples, predictions, blind_predictions, estimator=None):
+  """Camera accuracy per pair: RotErr, TransErr, CamMC (``evaluation.camera``) of the path found
+  in the prediction, the prediction without camera/render and the true target (the estimator's
+  own error), against the pair's requested target path. ``estimator``: a ``poses.PoseEstimator``
+  (Depth Anything 3), or None for each pair's ``alignment.SourceAlignment`` (the source's exact
+  depth), whose poses are in the requested path's world and metres: its rows also hold where
+  each camera is, ``*_place_deg`` / ``*_place_m`` (``camera.placement_errors``, frame means)."""
   rows = []
-  for ex, pred, blind in zip(examples, predictions, blind_predictions):
+  for ex, pred, blind in tqdm(list(zip(examples, predictions, blind_predictions)),
+                              desc="finding the cameras", unit="pair", leave=False):
     row = {"pair": ex["name"]}
+    finder = estimator or alignment.SourceAlignment(ex["source"], ex["source_depth"],
+                                                    ex["source_w2c"], ex["intrinsics"])
     for key, frames in (("pred", pred), ("no_condition", blind), ("target", ex["target"])):
       clip = report.Clip(ex["name"], camera_lib.trajectory_kind(ex["target_w2c"]),
                          pred=poses.to_uint8(frames), requested_w2c=ex["target_w2c"])
-      scored = report.score(clip, estimator)
+      scored = report.score(clip, finder)
       row.update({f"{key}_{m}": scored.row[f"pred_{m}"] for m in report.CAMERA})
+      if estimator is None:
+        degrees, metres = camera_lib.placement_errors(ex["target_w2c"], scored.estimates["pred"])
+        row[f"{key}_place_deg"], row[f"{key}_place_m"] = np.mean(degrees), np.mean(metres)
     rows.append(row)
   return rows
 
 
 def camera_table(rows, mean):
-  """Lines of the camera table: RotErr (rad) / TransErr / CamMC per video, per pair and mean."""
-  lines = [f"  {'pair':<24}" + "".join(f"{h:>26}" for _, h in CAMERA_VIDEOS),
-           f"  {'':<24}" + "".join(f"{'RotErr / TransErr / CamMC':>26}" for _ in CAMERA_VIDEOS)]
+  """Lines of the camera table: RotErr (rad) / TransErr / CamMC per video, per pair and mean,
+  and where the rows have them the placement errors (degrees / metres)."""
+  placed = "pred_place_deg" in rows[0]
+  width, head = (40, "RotErr / TransErr / CamMC | deg / m") if placed else (
+      26, "RotErr / TransErr / CamMC")
+  lines = [f"  {'pair':<24}" + "".join(f"{h:>{width}}" for _, h in CAMERA_VIDEOS),
+           f"  {'':<24}" + "".join(f"{head:>{width}}" for _ in CAMERA_VIDEOS)]
   for r in rows + [dict(mean, pair="mean")]:
     lines.append(f"  {r['pair']:<24}" + "".join(
         f"{r[k + '_rot_err']:>10.3f} / {r[k + '_trans_err']:.3f} / {r[k + '_cam_mc']:.3f}"
+        + (f" | {r[k + '_place_deg']:5.1f} / {r[k + '_place_m']:4.2f}" if placed else "")
         for k, _ in CAMERA_VIDEOS))
   return lines
+
+
+PLACED_DEG = 1.0  # a pair counts when the finder places its true target this close
+
+
+def camera_summary_line(rows) -> str:
+  """Rows of :func:`camera_rows` with placements, summed up over the pairs whose true target the
+  finder itself places (a target that shows too little of the source cannot be placed, and then
+  neither can a prediction of it: those pairs say nothing about the model)."""
+  placed = [r for r in rows if r["target_place_deg"] < PLACED_DEG]
+  mean = lambda key: np.mean([r[key] for r in placed])
+  if not placed:
+    return (f"The finder places none of the {len(rows)} true targets within {PLACED_DEG:g} "
+            f"degree: no camera verdict on these pairs.")
+  return (f"On the {len(placed)} of {len(rows)} pairs whose true target the finder places within "
+          f"{PLACED_DEG:g} degree: the prediction's cameras are {mean('pred_place_deg'):.1f} "
+          f"degrees and {mean('pred_place_m'):.2f} m from the requested ones (RotErr "
+          f"{mean('pred_rot_err'):.3f}), without camera/render {mean('no_condition_place_deg'):.1f}"
+          f" degrees and {mean('no_condition_place_m'):.2f} m (RotErr "
+          f"{mean('no_condition_rot_err'):.3f}).")
 
 
 def pretrain_backbone(config, workdir, steps):
@@ -440,16 +476,18 @@ def main(argv):
   results = {"pairs": rows, "mean": mean, "cells": cell_mean, "condition_effect_db": effect,
              "train_seconds": info["train_seconds"], "total_seconds": time.time() - t0,
              "checkpoint_sha256": info["sha256"]}
+  cam_rows = camera_rows(examples, predictions, blind_predictions, estimator)
+  cam_mean = {k: float(np.mean([r[k] for r in cam_rows])) for k in cam_rows[0] if k != "pair"}
+  print("Camera accuracy against the requested target path (RotErr rad, TransErr, CamMC: "
+        "relative to the first frame, scale-free, as the paper; " + (
+            f"Depth Anything 3 poses of each video, {FLAGS.depth_model}):" if FLAGS.depth_model
+            else "each video's cameras found by aligning it to the source's exact depth, "
+            "evaluation.alignment; deg / m: where those cameras are against the requested ones; "
+            "--depth_model for Depth Anything 3's poses):"))
+  print("\n".join(camera_table(cam_rows, cam_mean)))
   if estimator is None:
-    print("Camera accuracy: not measured (give --depth_model, a converted Depth Anything 3 "
-          "folder, to print RotErr / TransErr / CamMC of each video's estimated path).")
-  else:
-    cam_rows = camera_rows(examples, predictions, blind_predictions, estimator)
-    cam_mean = {k: float(np.mean([r[k] for r in cam_rows])) for k in cam_rows[0] if k != "pair"}
-    print("Camera accuracy against the requested target path (Depth Anything 3 poses of each "
-          f"video, {FLAGS.depth_model}):")
-    print("\n".join(camera_table(cam_rows, cam_mean)))
-    results.update(camera_pairs=cam_rows, camera_mean=cam_mean)
+    print(camera_summary_line(cam_rows))
+  results.update(camera_pairs=cam_rows, camera_mean=cam_mean, total_seconds=time.time() - t0)
   with open(os.path.join(workdir, "demo_results.json"), "w") as f:
     json.dump(results, f, indent=1)
   return 0 if mean["pred_psnr"] > mean["copy_source_psnr"] else 1

@@ -1,6 +1,7 @@
 """The demo's held-out pairs (render at the config's scale, shown at video size, cameras placed by
 the config's layout), its scored table (model, model without camera/render, render, copy-source,
-codec ceiling; PSNR and SSIM) and its camera-accuracy table (``--depth_model``)."""
+codec ceiling; PSNR and SSIM) and its camera-accuracy table (the source's exact depth, or
+``--depth_model``)."""
 
 import json
 import os
@@ -153,6 +154,33 @@ def test_camera_accuracy_rows_and_table():
   lines = demo.camera_table(rows, mean)
   assert len(lines) == 2 + 1 + 1 and "RotErr / TransErr / CamMC" in lines[1]
   assert all(h in lines[0] for _, h in demo.CAMERA_VIDEOS)
+
+
+def test_camera_accuracy_offline_by_alignment_to_the_source(tmp_path):
+  """Without ``--depth_model`` each pair's cameras are found from its source's exact depth: the
+  true target is where it was asked to be, the source video where the source camera is (the
+  requested path's distance to it), and the table says where each camera is in degrees and m."""
+  (ex,) = demo.held_out_pairs(demo_config.get_config(), str(tmp_path), _ZeroCodec(), 1)
+  (row,) = demo.camera_rows([ex], [ex["target"]], [ex["source"]])
+  assert row["pred_place_deg"] < 0.5 and row["pred_place_m"] < 0.1
+  assert row["pred_rot_err"] == row["target_rot_err"] < 0.01  # the same video, the same path
+  degrees, metres = camera_lib.placement_errors(ex["target_w2c"], ex["source_w2c"])
+  assert degrees.mean() > 20
+  assert row["no_condition_place_deg"] == pytest.approx(degrees.mean(), abs=0.5)
+  assert row["no_condition_place_m"] == pytest.approx(metres.mean(), abs=0.1)
+  lines = demo.camera_table([row], {k: v for k, v in row.items() if k != "pair"})
+  assert "| deg / m" in lines[1] and len(lines) == 4
+
+
+def test_camera_summary_counts_only_pairs_whose_true_target_is_placed():
+  keys = ("rot_err", "place_deg", "place_m")
+  row = lambda pred, blind, target: {"pair": "p", **{f"pred_{k}": pred for k in keys},
+                                     **{f"no_condition_{k}": blind for k in keys},
+                                     **{f"target_{k}": target for k in keys}}
+  line = demo.camera_summary_line([row(0.5, 40.0, 0.2), row(1.5, 60.0, 0.4), row(70, 80, 30)])
+  assert line.startswith("On the 2 of 3 pairs") and "are 1.0 degrees and 1.00 m" in line, line
+  assert "without camera/render 50.0 degrees and 50.00 m (RotErr 50.000)" in line, line
+  assert "none of the 1" in demo.camera_summary_line([row(1, 2, 3)])
 
 
 def test_wrong_depth_model_fails_at_once_in_one_line(tmp_path):

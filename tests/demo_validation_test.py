@@ -1,8 +1,10 @@
 """benchmarks/demo_validation.py: a demo checkpoint scored on every validation pair of the recipe
-it records (docs/experiments.md's held-out numbers), several noises per pair averaged."""
+it records (docs/experiments.md's held-out numbers), several noises per pair averaged, and the
+cameras found in its videos (--camera)."""
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -104,6 +106,25 @@ def test_other_held_out_scenes_by_count_and_seed(tmp_path):
   pairs_held_out = _small_checkpoint(tmp_path, eval_scenes=0)  # held-out pairs, not scenes
   with pytest.raises(demo_validation.SceneSeedError, match="give --scenes N too"):
     demo_validation.score_validation(pairs_held_out, 0, 2, str(tmp_path / "d"), scene_seed=77)
+
+
+def test_camera_accuracy_of_the_first_draw(tmp_path, monkeypatch, capsys):
+  """--camera: the demo's camera table for the first draw's videos, cameras found from the
+  source's exact depth: the true target's where they were asked to be; a model whose camera and
+  render layers are still zero (this random one) draws the same video with and without them,
+  so its cameras are the same; then the summary over the pairs whose true target is placed."""
+  path = _small_checkpoint(tmp_path)
+  monkeypatch.setattr(sys, "argv", [SCRIPT, "--checkpoint", path, "--sample_steps", "2",
+                                    "--camera"])
+  demo_validation.main()
+  out = capsys.readouterr().out
+  table = out.split("Camera accuracy against the requested target path")[1].splitlines()
+  assert "| deg / m" in table[2] and [l.split()[0] for l in table[3:6]] == ["00", "01", "mean"]
+  for line in table[3:6]:  # per video: RotErr, TransErr, CamMC, degrees, metres
+    pred, blind, target = np.array(re.findall(r"\d+\.\d+", line), float).reshape(3, 5)
+    assert np.array_equal(pred, blind), line  # the same video with and without the conditions
+    assert target[3] < 1.5, line  # the true target placed
+  assert table[6].startswith("On the 2 of 2 pairs whose true target the finder places")
 
 
 def test_the_command_line_fails_in_one_line(tmp_path):
