@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from postcam_jax.data import arrayrecord, multicam, pairs, synthetic
+from postcam_jax.data import arrayrecord, encoders, multicam, pairs, synthetic
 from postcam_jax.evaluation import alignment, camera
 
 FRAMES, HEIGHT, WIDTH = 9, 64, 96
@@ -60,7 +60,7 @@ def test_no_pose_gains_by_looking_away(pixel_pairs):
   px = pixel_pairs[0]
   finder = _finder(px)
   blur, stride, _, robust = alignment.LEVELS[-1]
-  level = finder._level(alignment._as_float(px["target_video"]), blur, stride, robust)
+  level = finder._level(encoders.to_unit_range(px["target_video"]), blur, stride, robust)
   k = jnp.asarray(finder.intrinsics, jnp.float32)
 
   def cost(w2c, t=0):

@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from postcam_jax.data import encoders
 from postcam_jax.evaluation import camera
 from postcam_jax.geometry import cameras
 
@@ -216,7 +217,7 @@ class SourceAlignment:
   """
 
   def __init__(self, source, depth, source_w2c, intrinsics):
-    self.source = _as_float(source)
+    self.source = encoders.to_unit_range(source)
     self.depth = np.asarray(depth, np.float32)
     self.source_w2c = np.asarray(source_w2c, np.float64)[:, :3, :4]
     self.intrinsics = np.asarray(intrinsics, np.float64).reshape(3, 3)
@@ -249,7 +250,7 @@ class SourceAlignment:
 
   def __call__(self, video) -> np.ndarray:
     """World-to-camera float64 [T, 4, 4] of every frame of ``video`` (the source's world)."""
-    video = _as_float(video)
+    video = encoders.to_unit_range(video)
     if video.shape != self.source.shape:
       raise ValueError(f"the video must have the source's frames and size {self.source.shape}; "
                        f"got {video.shape}")
@@ -282,11 +283,3 @@ def _moved_on(before, last):
   (world-to-camera: last before^-1 last)."""
   to4 = lambda m: np.concatenate([m, [[0.0, 0.0, 0.0, 1.0]]])
   return (to4(last) @ np.linalg.inv(to4(before)) @ to4(last))[:3]
-
-
-def _as_float(video) -> np.ndarray:
-  """float32 in [-1, 1] from uint8 (x / 127.5 - 1) or float frames."""
-  video = np.asarray(video)
-  if video.dtype == np.uint8:
-    return video.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-  return video.astype(np.float32)
