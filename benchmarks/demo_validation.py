@@ -22,7 +22,7 @@ wins, and what an output through the codec could score at best); ``--codec_chann
 adds the validation targets' SSIM through PCA codecs of those widths. ``--camera`` adds the demo's
 camera table: the cameras of the prediction, the prediction without camera + render and the true
 target (first noise draw), found by aligning each video to the source's exact depth
-(``evaluation.alignment``), against the requested ones (~2 s per video, 3 videos per pair).
+(``evaluation.alignment``), against the requested ones (~1 s per video, 3 videos per pair).
 """
 
 import argparse
