@@ -32,7 +32,7 @@ sys.path.insert(0, REPO)
 
 from benchmarks import _procs  # noqa: E402
 from benchmarks.postcam_forward import (  # noqa: E402
-    GIB, comparison_parser, model_flags, rel_err, run_table)
+    comparison_parser, measured_columns, model_flags, rel_err, run_table)
 
 SIZES = {"2k": ((22, 16, 24), 8), "8k": ((22, 30, 52), 8), "35k": ((22, 60, 104), 2)}
 HEADER = ("| size | tokens | head_dim | layers | JAX s | PyTorch s | JAX / PyTorch | "
@@ -57,12 +57,8 @@ def row(name, latent, layers, head_dim, args, workdir):
 
 
 def format_row(r) -> str:
-  j, t = r["jax"], r["torch"]
   return (f"| {r['size']} | {r['tokens']:,} | {r['head_dim']} | {r['layers']} | "
-          f"{j['seconds']:.3f} | {t['seconds']:.3f} | **{r['ratio']:.2f}** | "
-          f"{j['peak_rss'] / GIB:.2f} / {j['forward_extra_rss'] / GIB:.2f} | "
-          f"{t['peak_rss'] / GIB:.2f} / {t['forward_extra_rss'] / GIB:.2f} | "
-          f"{j['compile_seconds']:.1f} | {r['parity']:.1e} | {r['load']:.1f} |")
+          f"{measured_columns(r)}")
 
 
 def main():

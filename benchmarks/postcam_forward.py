@@ -68,13 +68,18 @@ def row(name, latent, layers, head_dim, args, workdir):
               parity=parity, load=os.getloadavg()[0])
 
 
-def format_row(r) -> str:
+def measured_columns(r) -> str:
+  """The table's columns from "JAX s" on, shared by this benchmark and dit_forward's."""
   j, t = r["jax"], r["torch"]
-  return (f"| {r['size']} | {r['main_tokens']:,} + {r['render_tokens']:,} | {r['head_dim']} | "
-          f"{r['layers']} | {j['seconds']:.3f} | {t['seconds']:.3f} | **{r['ratio']:.2f}** | "
+  return (f"{j['seconds']:.3f} | {t['seconds']:.3f} | **{r['ratio']:.2f}** | "
           f"{j['peak_rss'] / GIB:.2f} / {j['forward_extra_rss'] / GIB:.2f} | "
           f"{t['peak_rss'] / GIB:.2f} / {t['forward_extra_rss'] / GIB:.2f} | "
           f"{j['compile_seconds']:.1f} | {r['parity']:.1e} | {r['load']:.1f} |")
+
+
+def format_row(r) -> str:
+  return (f"| {r['size']} | {r['main_tokens']:,} + {r['render_tokens']:,} | {r['head_dim']} | "
+          f"{r['layers']} | {measured_columns(r)}")
 
 
 HEADER = ("| size | main + render tokens | head_dim | layers | JAX s | PyTorch s | JAX / PyTorch | "

@@ -335,7 +335,25 @@ def _drop_staging(tmp: str):
 # The outputs.
 
 
-class AtomicDirectory:
+class _Staged:
+  """A ``with`` block that writes into a staging folder ``self.tmp``: on a clean exit (and no
+  signal pending) the subclass's ``_commit`` moves it into place, uninterruptible; the staging
+  goes either way."""
+
+  tmp: str | None = None
+
+  def __exit__(self, exc_type, exc, tb):
+    try:
+      if exc_type is None:
+        raise_if_signalled()
+        with _critical():
+          self._commit()
+    finally:
+      _drop_staging(self.tmp)
+    return False
+
+
+class AtomicDirectory(_Staged):
   """``with AtomicDirectory(out, overwrite) as tmp:`` write into ``tmp``; renamed to ``out`` on
   success, removed on an exception, SIGTERM or SIGINT.
 
@@ -369,16 +387,6 @@ class AtomicDirectory:
         raise
     return self.tmp
 
-  def __exit__(self, exc_type, exc, tb):
-    try:
-      if exc_type is None:
-        raise_if_signalled()
-        with _critical():
-          self._commit()
-    finally:
-      _drop_staging(self.tmp)
-    return False
-
   def _commit(self):
     self._check()  # nothing appeared (or changed) there meanwhile
     if self.marker is not None and not os.path.isfile(os.path.join(self.tmp, self.marker)):
@@ -398,7 +406,7 @@ class AtomicDirectory:
       shutil.rmtree(aside, ignore_errors=True)
 
 
-class AtomicFiles:
+class AtomicFiles(_Staged):
   """``with AtomicFiles(folder, overwrite) as tmp:`` write files (sub-folders allowed) into
   ``tmp``; on success each moves to the same relative path under ``folder`` (created if needed,
   other files there kept), on an exception or a signal none does. An existing file is replaced
@@ -418,17 +426,7 @@ class AtomicFiles:
     self.tmp = _make_staging(self.folder, folder=True)
     return self.tmp
 
-  def __exit__(self, exc_type, exc, tb):
-    try:
-      if exc_type is None:
-        raise_if_signalled()
-        with _critical():
-          self._publish()
-    finally:
-      _drop_staging(self.tmp)
-    return False
-
-  def _publish(self):
+  def _commit(self):
     moves = sorted((os.path.join(root, f), os.path.join(self.folder, os.path.relpath(root,
                                                                                      self.tmp), f))
                    for root, _, files in os.walk(self.tmp) for f in files)
