@@ -184,9 +184,12 @@ def score_validation(checkpoint: str, num_pairs: int, sample_steps: int, cache_d
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--checkpoint", default=os.path.join(
-      _REPO, "postcam_jax", "assets", "demo_postcam.safetensors"))
+      _REPO, "postcam_jax", "assets", "demo_postcam.safetensors"),
+                      help="a demo checkpoint (default: the shipped one); its recipe is read "
+                           "from the sidecar JSON beside it")
   parser.add_argument("--pairs", type=int, default=0, help="first N pairs; 0: all")
-  parser.add_argument("--sample_steps", type=int, default=25)
+  parser.add_argument("--sample_steps", type=int, default=25,
+                      help="Euler steps of the sampler (the demo's 25; the release's 50)")
   parser.add_argument("--draws", type=int, default=1,
                       help="noises per pair (scores averaged): the gap of one draw is noisy")
   parser.add_argument("--scenes", type=int, default=0,

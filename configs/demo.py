@@ -58,7 +58,8 @@ timesteps with shift 5, query-shared camera/render attention, the paper's traina
   less with it (0.467 against 0.503 for seed 0).
 - the evaluation logs val/loss_no_condition beside val/loss (the curve of what the conditions add).
 - not in this file: the demo pretrains its stand-in backbone 3,000 steps (``--backbone_steps``;
-  600 steps: +1.70 dB, e14).
+  600 steps: +1.70 dB, e14), and samples with 25 Euler steps (``--sample_steps``), half the
+  release's 50 (50 steps: the same +2.98 dB on the 24 validation pairs, 14.95 against 15.08 dB).
 Measured on held-out pairs (25 Euler steps, docs/experiments.md, run e49): on all 24 pairs of
 the validation scenes (``benchmarks/demo_validation.py``) 15.08 dB / SSIM 0.253, above the mean
 image (13.92), copy-source (11.15), the render alone (9.51 dB; not on SSIM, 0.442) and the same

@@ -72,7 +72,7 @@ flags.DEFINE_string("checkpoint", os.path.join(os.path.dirname(os.path.abspath(_
                                                "assets", "demo_postcam.safetensors"),
                     "the recipe's trained model + codec (checked against the SHA-256 in the .json "
                     "beside it); written by --train")
-flags.DEFINE_integer("sample_steps", 25, "Euler steps of the sampler")
+flags.DEFINE_integer("sample_steps", 25, "Euler steps of the sampler (the release: 50)")
 flags.DEFINE_integer("num_pairs", 12, "held-out pairs to sample and score (12: every ordered "
                      "camera pair of the unseen scene)")
 flags.DEFINE_integer("backbone_steps", 3000, "steps of the stand-in backbone's pretraining")
