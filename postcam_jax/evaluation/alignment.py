@@ -281,5 +281,5 @@ class SourceAlignment:
 def _moved_on(before, last):
   """The pose [3, 4] one step past ``last`` by the motion from ``before`` to ``last``
   (world-to-camera: last before^-1 last)."""
-  to4 = lambda m: np.concatenate([m, [[0.0, 0.0, 0.0, 1.0]]])
-  return (to4(last) @ np.linalg.inv(to4(before)) @ to4(last))[:3]
+  before, last = camera.as_4x4(np.stack([before, last]))
+  return (last @ cameras.invert_rigid(before) @ last)[:3]
