@@ -18,8 +18,14 @@ HOST = atomic._HOST  # pylint: disable=protected-access (staging names of other 
 ATOMIC_PY = os.path.join(REPO, "postcam_jax", "core", "atomic.py")
 # A child process that stages an output and then waits: core.atomic imports nothing of the
 # project, so it is loaded from its file (no JAX start-up; the test stays fast).
+# It first takes the signal settings of a command started from a shell's foreground: a child
+# inherits an ignored SIGINT and a blocked mask from its parent, and once (a full suite, the
+# SIGINT-file case) the child of an xdist worker slept through its SIGINT while the worker's
+# other cases passed.
 CHILD = r"""
-import importlib.util, os, sys, time
+import importlib.util, os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 spec = importlib.util.spec_from_file_location("postcam_atomic", sys.argv[1])
 atomic = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(atomic)

@@ -1,5 +1,7 @@
-"""Test setup: 8 fake CPU devices for sharding tests, absl flags parsed for Grain workers."""
+"""Test setup: 8 fake CPU devices for sharding tests, XLA's optimisations off where compiling
+costs more than running, absl flags parsed for Grain workers."""
 
+import contextlib
 import os
 import sys
 import types
@@ -20,6 +22,13 @@ os.environ["XLA_FLAGS"] = with_device_count(os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Keep each test process to its share of the 2 CI cores.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The suite compiles far more than it runs: hundreds of small programs, most run a few times.
+# With XLA's optimisations off (JAX's own switch; the commands tests start inherit it) the suite
+# took about 30 % less time on 2 cores (docs/performance.md). Tests whose time is running, not
+# compiling, turn them back on with ``optimized``. JAX_DISABLE_MOST_OPTIMIZATIONS=0 tests
+# everything optimised.
+OPTIMIZATIONS_OFF = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+os.environ.setdefault(OPTIMIZATIONS_OFF, "1")
 
 # torchvision (needed only by the Depth Anything 3 reference package's preprocessing) registers
 # fake "meta" kernels for its C++ ops at import; against this CPU torch build that fails
@@ -29,6 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.modules.setdefault("torchvision._meta_registrations",
                        types.ModuleType("torchvision._meta_registrations"))
 
+import pytest  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 flags.FLAGS.mark_as_parsed()
@@ -39,6 +49,36 @@ if REPO not in sys.path:
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 FIXTURES = os.path.join(SHARED, "fixtures")
+
+
+@contextlib.contextmanager
+def optimized():
+  """XLA's optimisations on for the block, in this process and the commands it starts: for
+  tests whose time is running (the camera finder's loops, training for hundreds of steps,
+  ``make demo`` as a user runs it), which run several times slower unoptimised."""
+  import jax  # pylint: disable=import-outside-toplevel
+  before = os.environ.get(OPTIMIZATIONS_OFF), jax.config.values["jax_disable_most_optimizations"]
+  os.environ[OPTIMIZATIONS_OFF] = "0"
+  jax.config.update("jax_disable_most_optimizations", False)
+  # jit's caches do not key on the switch: drop what was compiled unoptimised, and on leaving,
+  # what was compiled here.
+  jax.clear_caches()
+  try:
+    yield
+  finally:
+    if before[0] is None:
+      os.environ.pop(OPTIMIZATIONS_OFF)
+    else:
+      os.environ[OPTIMIZATIONS_OFF] = before[0]
+    jax.config.update("jax_disable_most_optimizations", before[1])
+    jax.clear_caches()
+
+
+@pytest.fixture
+def xla_optimized():
+  """:func:`optimized` for one test."""
+  with optimized():
+    yield
 
 
 def readable_tail(log: str, chars: int = 4000) -> str:

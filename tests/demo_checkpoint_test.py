@@ -99,7 +99,8 @@ def test_the_shipped_checkpoint_matches_its_checksum_and_the_recipe():
     demo.load_shipped(SHIPPED, other)
 
 
-def test_make_demo_samples_with_the_shipped_checkpoint_and_meets_issue_23s_target(tmp_path):
+def test_make_demo_samples_with_the_shipped_checkpoint_and_meets_issue_23s_target(
+    tmp_path, xla_optimized):
   # make demo's own flags: the 12 pairs of the unseen scene, 25 Euler steps, camera accuracy
   # (~70 s).
   workdir = tmp_path / "out"

@@ -156,7 +156,7 @@ def test_camera_accuracy_rows_and_table():
   assert all(h in lines[0] for _, h in demo.CAMERA_VIDEOS)
 
 
-def test_camera_accuracy_offline_by_alignment_to_the_source(tmp_path):
+def test_camera_accuracy_offline_by_alignment_to_the_source(tmp_path, xla_optimized):
   """Without ``--depth_model`` each pair's cameras are found from its source's exact depth: the
   true target is where it was asked to be, the source video where the source camera is (the
   requested path's distance to it), and the table says where each camera is in degrees and m."""

@@ -108,7 +108,7 @@ def test_other_held_out_scenes_by_count_and_seed(tmp_path):
     demo_validation.score_validation(pairs_held_out, 0, 2, str(tmp_path / "d"), scene_seed=77)
 
 
-def test_camera_accuracy_of_the_first_draw(tmp_path, monkeypatch, capsys):
+def test_camera_accuracy_of_the_first_draw(tmp_path, monkeypatch, capsys, xla_optimized):
   """--camera: the demo's camera table for the first draw's videos, cameras found from the
   source's exact depth: the true target's where they were asked to be; a model whose camera and
   render layers are still zero (this random one) draws the same video with and without them,

@@ -9,9 +9,17 @@ import pytest
 
 from postcam_jax.data import arrayrecord, encoders, multicam, pairs, synthetic
 from postcam_jax.evaluation import alignment, camera
+from tests.conftest import optimized
 
 FRAMES, HEIGHT, WIDTH = 9, 64, 96
 FLOAT64_ROUNDING = 1e-9  # the starts are float64 rotations and products of metres
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _optimized():
+  """The finder's Levenberg-Marquardt loops run ~12x slower unoptimised (tests/conftest.py)."""
+  with optimized():
+    yield
 
 
 @pytest.fixture(scope="module")

@@ -159,8 +159,8 @@ def test_sample_cli_starts_multihost_from_its_flags(monkeypatch, tmp_path, capsy
   assert len(plans) == 1 and not out.exists() and os.listdir(tmp_path) == []
 
 
-# Run in a fresh interpreter: postcam_jax.training.cli defines absl flags (--config, --workdir) that other
-# entry points also define, so it is never imported into the test process.
+# Run in a fresh interpreter: postcam_jax.training.cli defines absl flags (--config, --workdir)
+# that other entry points also define, so it is never imported into the test process.
 _TRAINER_FLAGS_SCRIPT = """
 import json, sys
 from absl import app, flags
@@ -209,6 +209,27 @@ def test_conftest_appends_the_device_count_to_xla_flags():
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=120)
   assert proc.returncode == 0 and proc.stdout.split()[-1:] == ["8"], proc.stdout + proc.stderr
+
+
+def test_optimized_turns_xla_optimisations_on_here_and_in_started_commands():
+  """The suite compiles unoptimised by default; ``optimized`` turns the switch off in this
+  process and in the environment commands inherit, clears the compiled programs both ways, and
+  restores what was set."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from tests import conftest  # pylint: disable=import-outside-toplevel
+  name = conftest.OPTIMIZATIONS_OFF
+  before = os.environ.get(name), jax.config.values["jax_disable_most_optimizations"]
+  assert before[0] is not None  # conftest set it unless the caller did
+  if before[0] == "1":  # conftest's default: the switch read at JAX's import
+    assert before[1]
+  double = jax.jit(lambda x: 2 * x)
+  double(1.0)
+  with conftest.optimized():
+    assert os.environ[name] == "0" and not jax.config.values["jax_disable_most_optimizations"]
+    assert double._cache_size() == 0  # pylint: disable=protected-access
+    double(1.0)
+  assert (os.environ.get(name), jax.config.values["jax_disable_most_optimizations"]) == before
+  assert double._cache_size() == 0  # pylint: disable=protected-access
 
 
 def test_local_launcher_reports_failure():

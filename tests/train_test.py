@@ -14,7 +14,7 @@ from configs import postcam_tiny
 from postcam_jax import training
 from postcam_jax.models.postcam import frozen, trainable
 from postcam_jax.training import metrics
-from tests.conftest import readable_tail
+from tests.conftest import optimized, readable_tail
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +57,8 @@ def general_run(cache_dir, tmp_path_factory):
   config.eval.every = 2000
   config.eval.num_batches = 6  # all 12 held-out pairs
   workdir = tmp_path_factory.mktemp("general")
-  return config, workdir, training.train_and_evaluate(config, str(workdir))
+  with optimized():  # 2,000 steps: running, not compiling
+    return config, workdir, training.train_and_evaluate(config, str(workdir))
 
 
 def step_losses(workdir):
@@ -75,7 +76,7 @@ def test_camera_is_used_on_held_out_pairs(general_run):
   assert np.isfinite(val) and val < zero, (val, zero)
 
 
-def test_frozen_unchanged_and_optimizer_state_only_for_trainable(general_run):
+def test_frozen_unchanged_and_optimizer_state_only_for_trainable(general_run, xla_optimized):
   config, _, result = general_run
   cfg = training.model_config(config)
   fresh, _ = training.create_model(config, cfg, training.make_run_mesh(config))
@@ -104,7 +105,7 @@ def test_frozen_unchanged_and_optimizer_state_only_for_trainable(general_run):
   assert mirrored == trainable_paths
 
 
-def test_overfits_a_fixed_batch(cache_dir, tmp_path):
+def test_overfits_a_fixed_batch(cache_dir, tmp_path, xla_optimized):
   """One pair, the same noise and timesteps every step: the loss falls >= 10x."""
   config = tiny_config(cache_dir, "overfit", schedule="pose_only", stage_steps=(400,))
   config.data.num_scenes = 2  # 2 pairs = one batch
