@@ -5,7 +5,7 @@
 
 The trained model of this recipe ships as ``postcam_jax/assets/demo_postcam.safetensors`` (its
 SHA-256, seed, command and training time in ``demo_postcam.json``); ``make demo`` checks it and
-that it was made by this file's current values, then samples. Training it takes ~46 minutes on 2
+that it was made by this file's current values, then samples. Training it takes ~1 hour on 2
 CPU cores, beyond the demo's 10-minute budget (issue 23's second option).
 
 Generated MultiCamVideo-layout scenes (64x96, 9 frames, exact depth) are encoded by the PCA

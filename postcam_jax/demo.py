@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from postcam_jax import training
 from postcam_jax.convert import postcam as postcam_convert
+from postcam_jax.core import cli
 from postcam_jax.data import arrayrecord, multicam, pairs, synthetic
 from postcam_jax.data import codec as codec_lib
 from postcam_jax.evaluation import camera as camera_lib
@@ -494,5 +495,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, _REPO)  # configs/ is importable from the repository root
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_absl_flags)

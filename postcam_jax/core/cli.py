@@ -1,5 +1,6 @@
 """What the command lines share: user errors as one line (exit status 2), Ctrl-C and SIGTERM as
-one line (130, 143), and ``--config.KEY=VALUE`` overrides that name no field reworded.
+one line (130, 143), absl flag errors as one line, and ``--config.KEY=VALUE`` overrides that name
+no field reworded.
 
 An error a user can fix (a bad input, an output in the way) is one line ``error: ...`` naming the
 input and the fix; anything else is a bug and keeps its traceback, so each command passes
@@ -109,3 +110,18 @@ def config_override_problem(argv, name: str = "config") -> str | None:
       return (f"--{name}.{key}: {path} has no field {missing!r} (overrides change the config's "
               f"fields, they do not add any){hint}")
   return None
+
+
+def parse_absl_flags(argv):
+  """absl's flag parsing (``app.run(..., flags_parser=parse_absl_flags)``) with every flag problem
+  as one line (exit status 2): a value that does not parse, an unknown or missing flag, or a
+  ``--config.KEY`` that names no field of the config file."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(fail(e))
+  except (AttributeError, KeyError, TypeError):  # ml_collections' error for an unknown key
+    problem = config_override_problem(argv)
+    if problem is None:
+      raise
+    sys.exit(fail(problem))

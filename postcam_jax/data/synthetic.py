@@ -464,7 +464,8 @@ def generate(config: GeneratorConfig, overwrite: bool = True) -> list[str]:
 
 def main(argv=None):
   defaults = GeneratorConfig()
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+  parser = argparse.ArgumentParser(prog="python -m postcam_jax.data.synthetic",
+                                   description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   for field in dataclasses.fields(GeneratorConfig):
     parser.add_argument(f"--{field.name}", type=type(getattr(defaults, field.name)),

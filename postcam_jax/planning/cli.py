@@ -107,10 +107,17 @@ def _flag_values(argv) -> flags.FlagValues:
   return fv
 
 
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull")
+
+
 def parse_request(argv=None):
   """The command line as (``Request``, the sweep's meshes or None, the parsed flags)."""
   argv = sys.argv[1:] if argv is None else list(argv)
   fv = _flag_values(argv)
+  if any(arg in HELP_FLAGS for arg in argv):  # the flags live in a private FlagValues, not absl's
+    flag_help = fv.get_help(include_special_flags=False).replace(f"{__name__}:\n", "")
+    print(f"{__doc__.strip()}\n\nflags:{flag_help}")
+    raise SystemExit(0)
   rest = _parse(fv, argv)
   if len(rest) > 1:
     raise SystemExit(f"error: unexpected arguments {rest[1:]}")

@@ -4,12 +4,13 @@
       [--coordinator HOST:PORT --num_processes N --process_id I]
 
 The config file is loaded locked (``--config.x=y`` may change values, not add fields). Before
-anything touches a device, ``postcam_jax.parallel.distributed`` decides whether this process is one of
-several, first match wins: the explicit ``--coordinator``/``--num_processes``/``--process_id``
-flags (all three); ``POSTCAM_COORDINATOR``/``POSTCAM_NUM_PROCESSES``/``POSTCAM_PROCESS_ID``
-(``launch/local.py``); ``POSTCAM_DISTRIBUTED=auto`` (``launch/tpu_pod.sh``,
-``launch/slurm_gpu.sbatch``), a SLURM step with several tasks or a TPU slice with several hosts
-(``jax.distributed.initialize()`` reads the cluster's metadata); otherwise one process.
+anything touches a device, ``postcam_jax.parallel.distributed`` decides whether this process is
+one of several, first match wins: the explicit ``--coordinator`` / ``--num_processes`` /
+``--process_id`` flags (all three); ``POSTCAM_COORDINATOR`` / ``POSTCAM_NUM_PROCESSES`` /
+``POSTCAM_PROCESS_ID`` (``launch/local.py``); ``POSTCAM_DISTRIBUTED=auto``
+(``launch/tpu_pod.sh``, ``launch/slurm_gpu.sbatch``), a SLURM step with several tasks or a TPU
+slice with several hosts (``jax.distributed.initialize()`` reads the cluster's metadata);
+otherwise one process.
 
 A flag that does not parse, a ``--config.KEY`` that names no field of the config file (with the
 field it may have meant), a ``--workdir`` that is a file or cannot be written, an unset or wrong
@@ -56,20 +57,6 @@ class TrainUsageError(ValueError):
   """A flag or config value the trainer cannot start with; the message names the fix."""
 
 
-def parse_flags(argv):
-  """absl's flag parsing with every flag problem as one line (exit status 2): a value that does
-  not parse, a missing flag, or a ``--config.KEY`` that names no field of the config file."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(cli.fail(e))
-  except (AttributeError, KeyError, TypeError):  # ml_collections' error for an unknown key
-    problem = cli.config_override_problem(argv)
-    if problem is None:
-      raise
-    sys.exit(cli.fail(problem))
-
-
 def check_start(config, workdir: str):
   """What can be checked before any device, data or model work: the workdir and the backbone."""
   atomic.check_output(workdir, merge=True)  # a folder (or none yet) that can be written
@@ -109,7 +96,7 @@ def _main(argv):
 
 def run(argv=None):
   """Run the app (``argv`` defaults to ``sys.argv``)."""
-  app.run(_main, argv=argv if argv is not None else sys.argv, flags_parser=parse_flags)
+  app.run(_main, argv=argv if argv is not None else sys.argv, flags_parser=cli.parse_absl_flags)
 
 
 if __name__ == "__main__":
