@@ -37,6 +37,7 @@ _API = {
 __version__ = "0.1.0"
 __all__ = list(_API)
 
+
 def __getattr__(name: str):
   if name not in _API:
     raise AttributeError(f"module 'postcam_jax' has no attribute {name!r}")
