@@ -34,13 +34,16 @@ os.environ.setdefault(OPTIMIZATIONS_OFF, "1")
 # controller's environment) and every command a test starts. A program compiled again in another
 # process, or after ``optimized`` drops the in-memory caches, is read back instead (JAX keys an
 # entry by the program, the compile options and the devices). The process that made the folder
-# removes it when the session ends; a folder the user set is kept. The suite ran in 16 min 57 s
-# against 20 min 19 s without it, back to back (docs/performance.md).
+# removes it as it exits (a script importing this module too); a folder the user set is kept.
+# The suite ran in 16 min 57 s against 20 min 19 s without it, back to back
+# (docs/performance.md).
 CACHE_DIR = "JAX_COMPILATION_CACHE_DIR"
-_MADE_CACHE_DIR = None
 if CACHE_DIR not in os.environ:
+  import atexit  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
-  _MADE_CACHE_DIR = os.environ[CACHE_DIR] = tempfile.mkdtemp(prefix="postcam-jax-test-cache-")
+  os.environ[CACHE_DIR] = tempfile.mkdtemp(prefix="postcam-jax-test-cache-")
+  atexit.register(shutil.rmtree, os.environ[CACHE_DIR], ignore_errors=True)
 
 # torchvision (needed only by the Depth Anything 3 reference package's preprocessing) registers
 # fake "meta" kernels for its C++ ops at import; against this CPU torch build that fails
@@ -101,8 +104,3 @@ def readable_tail(log: str, chars: int = 4000) -> str:
           if not l.lstrip().startswith("@") and "Check failure stack trace" not in l]
   return "\n".join(kept)[-chars:]
 
-
-def pytest_sessionfinish(session):  # pylint: disable=unused-argument
-  if _MADE_CACHE_DIR is not None:
-    import shutil  # pylint: disable=g-import-not-at-top
-    shutil.rmtree(_MADE_CACHE_DIR, ignore_errors=True)
