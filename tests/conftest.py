@@ -103,4 +103,3 @@ def readable_tail(log: str, chars: int = 4000) -> str:
   kept = [l for l in log.splitlines()
           if not l.lstrip().startswith("@") and "Check failure stack trace" not in l]
   return "\n".join(kept)[-chars:]
-

@@ -1,5 +1,8 @@
 """mp4 round trips and read errors of postcam_jax.io.video."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -90,10 +93,9 @@ def test_write_rejects_bad_frames(tmp_path):
 
 
 ENCODE_TWICE = """
-import hashlib, io, sys
-import numpy as np
-from postcam_jax.io import video
+import hashlib, io
 from postcam_jax.data import synthetic
+from postcam_jax.io import video
 config = synthetic.GeneratorConfig(root="", num_scenes=1, num_cameras=2, num_frames=9)
 spec = synthetic.build_scene(config, 0)
 frames, _ = synthetic.render_scene_camera(config, spec, next(iter(spec.kinds)))
@@ -108,8 +110,6 @@ def test_the_same_frames_encode_to_the_same_bytes():
   """A generated scene's camera as the generator encodes it, twice in each of three processes:
   one stream (x264's macroblock tree made it differ from call to call, most often on a
   process's first)."""
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
   digests = []
   for _ in range(3):
     done = subprocess.run([sys.executable, "-c", ENCODE_TWICE], capture_output=True, text=True,
