@@ -1,7 +1,7 @@
 """``make demo``: PostCam's whole job in miniature, on 2 CPU cores in a few minutes.
 
   python -m postcam_jax.demo --workdir demo_out            # samples with the shipped checkpoint
-  python -m postcam_jax.demo --train --workdir demo_train  # remakes that checkpoint (~46 min)
+  python -m postcam_jax.demo --train --workdir demo_train  # remakes it (~1 h on 2 cores)
 
 The repository ships the recipe's trained model (``configs/demo.py``, docs/experiments.md) as one
 checksummed file, ``postcam_jax/assets/demo_postcam.safetensors`` (model + stand-in codec; its
